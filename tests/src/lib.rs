@@ -1,0 +1,1 @@
+//! Integration tests for Carillon: real node processes driven by SIPp; see `tests/it/`.
