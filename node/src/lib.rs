@@ -1,1 +1,21 @@
-//! placeholder
+//! The Carillon node: the process that terminates SIP trunks and agent phones at a site,
+//! anchors their media, and routes calls through the ACD.
+//!
+//! Modules: `config` (TOML), `sip` (our one adapter around rsipstack), `edge` (every new
+//! SIP request: admission, registrar, trunk checks), `registrar` and `digest` (agent
+//! phones), `call` (the B2BUA call task), `routing_log` (the path to the routing state
+//! machine), `http` (health, status, CDRs), `ctl` (the admin client), `node` (wiring).
+//! The ACD itself lives in `carillon-routing`, RTP in `carillon-media`, records in
+//! `carillon-ops`.
+
+pub mod call;
+pub mod clock;
+pub mod config;
+pub mod ctl;
+pub mod digest;
+pub mod edge;
+pub mod http;
+pub mod node;
+pub mod registrar;
+pub mod routing_log;
+pub mod sip;

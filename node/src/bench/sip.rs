@@ -1,0 +1,729 @@
+//! `carillon bench sip`: SIP call throughput, post-dial delay and memory per call of one
+//! node process, measured with SIPp over loopback.
+//!
+//! It starts a node from a config (examples/load-node.toml by default) with its listen
+//! addresses, RTP range and data dir replaced by free ones, registers the agents through
+//! SIPp agent phones that answer and echo RTP, then offers SIPp calls at increasing rates.
+//! It reports the highest rate at which every call succeeded (SIPp saw no failure and
+//! every CDR says answered), post-dial delay percentiles (a CDR's offered_at_ms minus
+//! arrived_at_ms) from those rates, and the node's RSS growth per concurrent call. Every
+//! process it starts is killed before it returns (on error too), and the whole run is
+//! bounded by `BENCH_DEADLINE_S`.
+// A benchmark of a real process measures wall-clock time: reading the clock is its job.
+#![allow(clippy::disallowed_methods)]
+
+use std::fs;
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use carillon_media::Codec;
+use carillon_ops::records::Cdr;
+use serde_json::Value;
+use tokio::process::{Child, Command};
+use tokio::time::{sleep, timeout, Instant};
+
+use crate::ctl::http_get;
+
+/// The whole benchmark stays under five minutes.
+const BENCH_DEADLINE_S: u64 = 280;
+/// Longest a single rate step may take (load, calls finishing, SIPp's own wind-down).
+const STEP_TIMEOUT_S: u64 = 20;
+const STARTUP_TIMEOUT_S: u64 = 20;
+/// Registrations per second while logging the agents in.
+const REGISTER_RATE_PER_S: u32 = 1000;
+/// How often the node's calls and RSS are sampled during a step.
+const SAMPLE_INTERVAL_MS: u64 = 200;
+/// Ports the node's RTP range gets (2 per call leg, 2 legs per call: room for 2000 calls).
+const RTP_RANGE_PORTS: u16 = 8000;
+/// Where RTP ranges are looked for: below Linux's ephemeral ports (32768+).
+const RTP_SEARCH_FIRST_PORT: u16 = 10_000;
+const RTP_SEARCH_LAST_PORT: u16 = 32_000;
+
+/// `carillon bench sip` options.
+#[derive(clap::Args, Debug, Clone)]
+pub struct SipBenchArgs {
+    /// Node config to load; its listen addresses, RTP range and data dir are replaced.
+    #[arg(long, default_value = "examples/load-node.toml")]
+    pub config: PathBuf,
+    /// The carillon binary to run the node with [default: target/release/carillon when
+    /// built, else this executable].
+    #[arg(long)]
+    pub node_bin: Option<PathBuf>,
+    /// Directory of the SIPp scenarios (register.xml, agent_uas.xml, caller.xml)
+    /// [default: tests/sipp of this source tree].
+    #[arg(long)]
+    pub scenarios: Option<PathBuf>,
+    /// Agents to register (at most those of the config's first [[agents]] range).
+    #[arg(long, default_value_t = 2000)]
+    pub agents: u32,
+    /// Call rates to try, in calls per second, lowest first.
+    #[arg(long, value_delimiter = ',', default_value = "50,100,200,300,400")]
+    pub rates_cps: Vec<u32>,
+    /// How long each caller stays after the node answers.
+    #[arg(long, default_value_t = 2000)]
+    pub call_ms: u32,
+    /// Seconds of offered load per rate.
+    #[arg(long, default_value_t = 8)]
+    pub step_load_s: u32,
+    /// SIPp agent phones to split the agents between (each echoes RTP on its own port).
+    #[arg(long, default_value_t = 4)]
+    pub agent_phones: u32,
+    /// Keep the work directory (config, node log, SIPp output) and print its path.
+    #[arg(long)]
+    pub keep: bool,
+}
+
+/// Runs the benchmark and prints `bench: ...` lines.
+pub async fn run(args: SipBenchArgs) -> anyhow::Result<()> {
+    if args.rates_cps.is_empty() || args.agent_phones == 0 || args.agents == 0 {
+        bail!("--rates-cps, --agents and --agent-phones must be non-empty and non-zero");
+    }
+    require_sipp()?;
+    let work = std::env::temp_dir().join(format!("carillon-bench-sip-{}", std::process::id()));
+    fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
+    let mut procs = Procs::default();
+    let result = bench(&args, &work, &mut procs).await;
+    procs.kill_all().await;
+    if args.keep || result.is_err() {
+        eprintln!("bench: work directory kept in {}", work.display());
+    } else {
+        let _ = fs::remove_dir_all(&work);
+    }
+    result
+}
+
+async fn bench(args: &SipBenchArgs, work: &Path, procs: &mut Procs) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(BENCH_DEADLINE_S);
+    let scenarios = scenarios_dir(args)?;
+    let (config_text, config_path) = read_config(&args.config)?;
+    let mut config: toml::Table = toml::from_str(&config_text)
+        .with_context(|| format!("{} is not valid TOML", config_path.display()))?;
+    let (first_agent, agent_count, password_prefix) = agent_range(&config, args.agents)?;
+    let number = config
+        .get("numbers")
+        .and_then(|n| n.get(0))
+        .and_then(|n| n.get("number"))
+        .and_then(toml::Value::as_str)
+        .context("the config has no [[numbers]] entry to call")?
+        .to_string();
+    let base = config_path.parent().unwrap_or(Path::new(".")).to_path_buf();
+    let addrs = prepare_config(&mut config, &base, work)?;
+    let node_config = work.join("node.toml");
+    fs::write(&node_config, toml::to_string(&config)?)?;
+    write_tone(work)?;
+
+    let bin = node_bin(args)?;
+    eprintln!(
+        "bench: node {} (sip {}, http {}), {agent_count} agents, rates {:?} cps, {} ms calls",
+        bin.display(),
+        addrs.sip,
+        addrs.http,
+        args.rates_cps,
+        args.call_ms
+    );
+    let node_log = fs::File::create(work.join("node.log"))?;
+    let node = Command::new(&bin)
+        .arg("run")
+        .arg("--config")
+        .arg(&node_config)
+        // Per-call logging would measure the logger; keep the node to warnings.
+        .env(
+            "CARILLON_LOG",
+            std::env::var("CARILLON_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .stdin(Stdio::null())
+        .stdout(node_log.try_clone()?)
+        .stderr(node_log)
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    let node_pid = node.id().context("the node exited at once")?;
+    procs.children.push(node);
+    let http = addrs.http.to_string();
+    wait_healthy(&http, Duration::from_secs(STARTUP_TIMEOUT_S)).await?;
+
+    // Agent phones, each owning a slice of the agents.
+    let per_phone = agent_count.div_ceil(args.agent_phones);
+    let mut registered = 0;
+    for phone in 0..args.agent_phones {
+        let first = first_agent + phone * per_phone;
+        let count = per_phone.min(agent_count.saturating_sub(phone * per_phone));
+        if count == 0 {
+            break;
+        }
+        let sip_port = free_port()?;
+        let media_port = free_media_port()?;
+        let label = format!("phone{phone}");
+        sipp(&scenarios, work, &label, None, sip_port)
+            .args(["-mp", &media_port.to_string(), "-rtp_echo", "-aa"])
+            .spawn_into(procs)?;
+        let csv = work.join(format!("{label}.csv"));
+        let mut text = String::from("SEQUENTIAL\n");
+        for id in first..first + count {
+            text.push_str(&format!("{id};{password_prefix}{id};\n"));
+        }
+        fs::write(&csv, text)?;
+        let out = sipp(&scenarios, work, &format!("register{phone}"), Some(addrs.sip), free_port()?)
+            .scenario("register.xml")
+            .args(["-inf", &csv.display().to_string()])
+            .args(["-key", "contact_port", &sip_port.to_string(), "-key", "expires", "3600"])
+            .args(["-m", &count.to_string(), "-r", &REGISTER_RATE_PER_S.to_string()])
+            .args(["-l", &count.to_string()])
+            .run(Duration::from_secs(10 + u64::from(count / REGISTER_RATE_PER_S)))
+            .await?;
+        if out.code != Some(0) {
+            bail!("registering agents {first}-{}: {}", first + count - 1, out.describe());
+        }
+        registered += count;
+    }
+    let ready_by = Instant::now() + Duration::from_secs(30);
+    loop {
+        let ready = status(&http).await?["acd"]["agents"]["ready"].as_u64().unwrap_or(0);
+        if ready >= u64::from(registered) {
+            break;
+        }
+        if Instant::now() > ready_by {
+            bail!("only {ready} of {registered} agents ready 30 s after registering");
+        }
+        sleep(Duration::from_millis(100)).await;
+    }
+    let rss_idle_kib = rss_kib(node_pid)?;
+    eprintln!("bench: {registered} agents ready, node RSS {rss_idle_kib} KiB");
+
+    let mut best_cps = 0;
+    let mut post_dial_ms: Vec<u64> = Vec::new();
+    let mut peak = Peak::default();
+    let mut cdrs_seen = cdrs(&http).await?.len();
+    let caller_media_port = free_media_port()?;
+    for &rate in &args.rates_cps {
+        if Instant::now() + Duration::from_secs(STEP_TIMEOUT_S + 15) > deadline {
+            eprintln!("bench: stopping before {rate} cps to stay within {BENCH_DEADLINE_S} s");
+            break;
+        }
+        let calls = rate * args.step_load_s;
+        let step_timeout_s = (u64::from(args.step_load_s) + u64::from(args.call_ms / 1000) + 8)
+            .min(STEP_TIMEOUT_S);
+        let mut caller = sipp(&scenarios, work, &format!("callers{rate}"), Some(addrs.sip), free_port()?)
+            .scenario("caller.xml")
+            .args(["-s", &number, "-key", "caller", "5550000"])
+            .args(["-mp", &caller_media_port.to_string(), "-d", &args.call_ms.to_string()])
+            .args(["-r", &rate.to_string(), "-m", &calls.to_string()])
+            .args(["-timeout", &format!("{step_timeout_s}s"), "-timeout_error"])
+            .spawn_alone()?;
+        let step_deadline = Instant::now() + Duration::from_secs(step_timeout_s + 5);
+        let exit = loop {
+            if let Some(status) = caller.child.try_wait()? {
+                break status.code();
+            }
+            if Instant::now() > step_deadline {
+                let _ = caller.child.kill().await;
+                break None;
+            }
+            if let Ok(s) = status(&http).await {
+                let active = s["calls"]["active"].as_u64().unwrap_or(0);
+                if active > peak.active {
+                    if let Ok(rss) = rss_kib(node_pid) {
+                        peak = Peak { active, rss_kib: rss };
+                    }
+                }
+            }
+            sleep(Duration::from_millis(SAMPLE_INTERVAL_MS)).await;
+        };
+        let outcome = caller.outcome(exit);
+        // Let the node close the step's calls and write their CDRs.
+        let settle_by = Instant::now() + Duration::from_secs(10);
+        let mut all = cdrs(&http).await?;
+        while all.len() < cdrs_seen + calls as usize && Instant::now() < settle_by {
+            sleep(Duration::from_millis(250)).await;
+            all = cdrs(&http).await?;
+        }
+        let step: Vec<&Cdr> = all.iter().skip(cdrs_seen).collect();
+        cdrs_seen = all.len();
+        let answered = step.iter().filter(|c| c.disposition == "answered").count();
+        let succeeded = outcome.cumulative("Successful call").unwrap_or(0);
+        let failed_sipp = outcome.cumulative("Failed call").unwrap_or(0);
+        let zero_fail = outcome.code == Some(0)
+            && failed_sipp == 0
+            && succeeded == u64::from(calls)
+            && answered == calls as usize;
+        eprintln!(
+            "bench: {rate} cps: {succeeded}/{calls} calls succeeded, {failed_sipp} failed, \
+             {answered}/{} CDRs answered, peak {} concurrent",
+            step.len(),
+            peak.active
+        );
+        if !zero_fail {
+            if outcome.code != Some(0) {
+                eprintln!("{}", outcome.describe());
+            }
+            break;
+        }
+        best_cps = rate;
+        post_dial_ms.extend(step.iter().filter_map(|c| post_dial_delay_ms(c)));
+        let idle_by = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < idle_by {
+            let s = status(&http).await?;
+            if s["calls"]["active"].as_u64() == Some(0) {
+                break;
+            }
+            sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    post_dial_ms.sort_unstable();
+    let rss_per_call_kib = if peak.active > 0 {
+        peak.rss_kib.saturating_sub(rss_idle_kib) / peak.active
+    } else {
+        0
+    };
+    println!("bench: sip_cps_zero_fail {best_cps} calls/s");
+    println!("bench: post_dial_p50_ms {} ms", percentile(&post_dial_ms, 50));
+    println!("bench: post_dial_p99_ms {} ms", percentile(&post_dial_ms, 99));
+    println!("bench: rss_per_call_kib {rss_per_call_kib} KiB");
+    eprintln!(
+        "bench: (RSS {rss_idle_kib} KiB idle, {} KiB at {} concurrent calls; {} post-dial \
+         samples; {:.0} s)",
+        peak.rss_kib,
+        peak.active,
+        post_dial_ms.len(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// The sample with the most concurrent calls seen, and the node's RSS then.
+#[derive(Default)]
+struct Peak {
+    active: u64,
+    rss_kib: u64,
+}
+
+/// Processes to kill when the benchmark ends, however it ends.
+#[derive(Default)]
+struct Procs {
+    children: Vec<Child>,
+}
+
+impl Procs {
+    async fn kill_all(&mut self) {
+        for mut child in self.children.drain(..) {
+            let _ = child.kill().await;
+        }
+    }
+}
+
+/// Listen addresses given to the node.
+struct Addrs {
+    sip: SocketAddr,
+    http: SocketAddr,
+}
+
+fn require_sipp() -> anyhow::Result<()> {
+    let found = std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).any(|d| d.join("sipp").is_file()))
+        .unwrap_or(false);
+    if !found {
+        bail!("sipp is not installed: run scripts/install-deps.sh (Debian package sip-tester)");
+    }
+    Ok(())
+}
+
+fn workspace_dir() -> PathBuf {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().unwrap_or(manifest).to_path_buf()
+}
+
+fn scenarios_dir(args: &SipBenchArgs) -> anyhow::Result<PathBuf> {
+    let candidates = match &args.scenarios {
+        Some(dir) => vec![dir.clone()],
+        None => vec![PathBuf::from("tests/sipp"), workspace_dir().join("tests/sipp")],
+    };
+    candidates
+        .into_iter()
+        .find(|d| d.join("caller.xml").is_file())
+        .context("SIPp scenarios not found: run from the source tree or pass --scenarios DIR")
+}
+
+/// Reads the config; a relative path that is not found here is tried from the source tree.
+fn read_config(path: &Path) -> anyhow::Result<(String, PathBuf)> {
+    let mut candidates = vec![path.to_path_buf()];
+    if path.is_relative() {
+        candidates.push(workspace_dir().join(path));
+    }
+    for p in candidates {
+        if let Ok(text) = fs::read_to_string(&p) {
+            return Ok((text, p.canonicalize().unwrap_or(p)));
+        }
+    }
+    bail!("cannot read config {} (pass --config FILE)", path.display())
+}
+
+/// The first `[[agents]]` entry's id range, capped at `wanted`: (first id, count, password
+/// prefix).
+fn agent_range(config: &toml::Table, wanted: u32) -> anyhow::Result<(u32, u32, String)> {
+    let entry = config
+        .get("agents")
+        .and_then(|a| a.get(0))
+        .context("the config has no [[agents]]")?;
+    let ids = entry
+        .get("ids")
+        .and_then(toml::Value::as_str)
+        .context("the first [[agents]] entry needs an `ids = \"FIRST-LAST\"` range")?;
+    let (first, last) = parse_id_range(ids)
+        .with_context(|| format!("agent ids {ids:?} are not a numeric FIRST-LAST range"))?;
+    let prefix = entry
+        .get("password_prefix")
+        .and_then(toml::Value::as_str)
+        .context("the first [[agents]] entry needs a password_prefix")?;
+    Ok((first, (last - first + 1).min(wanted), prefix.to_string()))
+}
+
+fn parse_id_range(ids: &str) -> Option<(u32, u32)> {
+    let (a, b) = ids.split_once('-')?;
+    let (a, b) = (a.trim().parse().ok()?, b.trim().parse().ok()?);
+    (a <= b).then_some((a, b))
+}
+
+/// Points the config at this run's ports, RTP range and data dir; makes relative paths
+/// absolute (the config now lives in the work dir).
+fn prepare_config(config: &mut toml::Table, base: &Path, work: &Path) -> anyhow::Result<Addrs> {
+    for (_, section) in config.iter_mut() {
+        if let toml::Value::Table(t) = section {
+            if t.contains_key("listen") {
+                t.insert("listen".into(), format!("127.0.0.1:{}", free_port()?).into());
+            }
+        }
+    }
+    if let Some(toml::Value::Table(media)) = config.get_mut("media") {
+        for (_, v) in media.iter_mut() {
+            if let toml::Value::String(s) = v {
+                if Path::new(s.as_str()).is_relative() && s.contains('/') {
+                    *s = base.join(s.as_str()).display().to_string();
+                }
+            }
+        }
+    }
+    let (rtp_min, rtp_max) = free_rtp_range(RTP_RANGE_PORTS)?;
+    let set = |config: &mut toml::Table, section: &str, key: &str, value: toml::Value| {
+        if let Some(toml::Value::Table(t)) = config.get_mut(section) {
+            t.insert(key.into(), value);
+        }
+    };
+    set(config, "node", "data_dir", work.join("data").display().to_string().into());
+    set(config, "rtp", "ip", "127.0.0.1".into());
+    set(config, "rtp", "port_min", i64::from(rtp_min).into());
+    set(config, "rtp", "port_max", i64::from(rtp_max).into());
+    let listen = |section: &str| -> anyhow::Result<SocketAddr> {
+        config
+            .get(section)
+            .and_then(|s| s.get("listen"))
+            .and_then(toml::Value::as_str)
+            .and_then(|s| s.parse().ok())
+            .with_context(|| format!("the config has no [{section}] listen address"))
+    };
+    Ok(Addrs {
+        sip: listen("sip")?,
+        http: listen("http")?,
+    })
+}
+
+fn node_bin(args: &SipBenchArgs) -> anyhow::Result<PathBuf> {
+    if let Some(bin) = &args.node_bin {
+        return Ok(bin.clone());
+    }
+    let release = workspace_dir().join("target/release/carillon");
+    if release.is_file() {
+        return Ok(release);
+    }
+    std::env::current_exe().context("cannot find this executable; pass --node-bin")
+}
+
+/// A loopback port free for both TCP and UDP a moment ago.
+fn free_port() -> anyhow::Result<u16> {
+    for _ in 0..50 {
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    bail!("no free loopback port after 50 tries")
+}
+
+/// A SIPp media port: SIPp binds it and the port two above (for video).
+fn free_media_port() -> anyhow::Result<u16> {
+    for _ in 0..50 {
+        let port = UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port();
+        if port < u16::MAX - 3
+            && (port..port + 4).all(|p| UdpSocket::bind(("127.0.0.1", p)).is_ok())
+        {
+            return Ok(port);
+        }
+    }
+    bail!("no free run of 4 loopback UDP ports after 50 tries")
+}
+
+/// A run of `len` UDP ports, all free now, below the ephemeral range.
+fn free_rtp_range(len: u16) -> anyhow::Result<(u16, u16)> {
+    let mut first = RTP_SEARCH_FIRST_PORT;
+    while first.saturating_add(len) <= RTP_SEARCH_LAST_PORT {
+        match (first..first + len).find(|&p| UdpSocket::bind(("127.0.0.1", p)).is_err()) {
+            None => return Ok((first, first + len - 1)),
+            // Restart past the busy port, on an even number (RTP ports are even).
+            Some(busy) => first = (busy + 2) & !1,
+        }
+    }
+    bail!("no {len} free UDP ports in {RTP_SEARCH_FIRST_PORT}-{RTP_SEARCH_LAST_PORT}")
+}
+
+/// tone.pcmu: 1 s of 440 Hz in G.711 mu-law, which caller.xml streams in a loop.
+fn write_tone(work: &Path) -> anyhow::Result<()> {
+    let rate = f64::from(carillon_media::codec::CLOCK_RATE_HZ);
+    let bytes: Vec<u8> = (0..carillon_media::codec::CLOCK_RATE_HZ)
+        .map(|i| {
+            let t = f64::from(i) / rate;
+            // A quarter of full scale: audible, never clipping.
+            Codec::Pcmu.encode((8000.0 * (2.0 * std::f64::consts::PI * 440.0 * t).sin()) as i16)
+        })
+        .collect();
+    fs::write(work.join("tone.pcmu"), bytes)?;
+    Ok(())
+}
+
+async fn wait_healthy(http: &str, limit: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let attempt = timeout(Duration::from_secs(1), http_get(http, "/health")).await;
+        if matches!(attempt, Ok(Ok(_))) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("node not healthy on http://{http}/health after {} s", limit.as_secs());
+        }
+        sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn status(http: &str) -> anyhow::Result<Value> {
+    let body = http_get(http, "/api/status").await?;
+    serde_json::from_str(&body).context("/api/status is not JSON")
+}
+
+async fn cdrs(http: &str) -> anyhow::Result<Vec<Cdr>> {
+    let body = http_get(http, "/api/cdrs").await?;
+    serde_json::from_str(&body).context("/api/cdrs is not a JSON array of CDRs")
+}
+
+/// The node's resident set size, from /proc (Linux).
+fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let text = fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("reading /proc/{pid}/status (is the node alive?)"))?;
+    parse_vm_rss_kib(&text).context("no VmRSS line in /proc/PID/status")
+}
+
+fn parse_vm_rss_kib(status: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn post_dial_delay_ms(cdr: &Cdr) -> Option<u64> {
+    if cdr.disposition != "answered" {
+        return None;
+    }
+    cdr.offered_at_ms
+        .map(|offered| offered.saturating_sub(cdr.arrived_at_ms))
+}
+
+/// Nearest-rank percentile of sorted samples; 0 when there are none.
+fn percentile(sorted: &[u64], pct: usize) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let rank = (pct * sorted.len()).div_ceil(100).max(1);
+    sorted[rank.min(sorted.len()) - 1]
+}
+
+/// A SIPp command line (scenario in the scenarios dir, loopback, logs in the work dir).
+struct SippCmd {
+    label: String,
+    work: PathBuf,
+    scenarios: PathBuf,
+    scenario: String,
+    args: Vec<String>,
+}
+
+fn sipp(scenarios: &Path, work: &Path, label: &str, target: Option<SocketAddr>, port: u16) -> SippCmd {
+    let mut args: Vec<String> = target.map(|t| t.to_string()).into_iter().collect();
+    args.extend(
+        [
+            "-i",
+            "127.0.0.1",
+            "-mi",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-nostdin",
+            "-trace_err",
+            "-error_file",
+            &work.join(format!("{label}.errors.log")).display().to_string(),
+        ]
+        .map(String::from),
+    );
+    SippCmd {
+        label: label.to_string(),
+        work: work.to_path_buf(),
+        scenarios: scenarios.to_path_buf(),
+        scenario: "agent_uas.xml".to_string(),
+        args,
+    }
+}
+
+impl SippCmd {
+    fn scenario(mut self, name: &str) -> SippCmd {
+        self.scenario = name.to_string();
+        self
+    }
+
+    fn args<const N: usize>(mut self, more: [&str; N]) -> SippCmd {
+        self.args.extend(more.map(String::from));
+        self
+    }
+
+    fn command(&self) -> anyhow::Result<Command> {
+        let out = fs::File::create(self.work.join(format!("{}.out", self.label)))?;
+        let mut cmd = Command::new("sipp");
+        cmd.arg("-sf")
+            .arg(self.scenarios.join(&self.scenario))
+            .args(&self.args)
+            .current_dir(&self.work)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .kill_on_drop(true);
+        Ok(cmd)
+    }
+
+    /// Starts SIPp in the background, owned by `procs`.
+    fn spawn_into(self, procs: &mut Procs) -> anyhow::Result<()> {
+        let child = self.command()?.spawn().context("starting sipp")?;
+        procs.children.push(child);
+        Ok(())
+    }
+
+    /// Starts SIPp; the returned handle kills it when dropped.
+    fn spawn_alone(self) -> anyhow::Result<RunningSipp> {
+        let child = self.command()?.spawn().context("starting sipp")?;
+        Ok(RunningSipp { child, cmd: self })
+    }
+
+    /// Runs SIPp to completion, killing it after `limit`.
+    async fn run(self, limit: Duration) -> anyhow::Result<SippOutcome> {
+        let mut running = self.spawn_alone()?;
+        let code = match timeout(limit, running.child.wait()).await {
+            Ok(status) => status?.code(),
+            Err(_) => {
+                let _ = running.child.kill().await;
+                None
+            }
+        };
+        Ok(running.outcome(code))
+    }
+}
+
+struct RunningSipp {
+    child: Child,
+    cmd: SippCmd,
+}
+
+impl RunningSipp {
+    fn outcome(&self, code: Option<i32>) -> SippOutcome {
+        let read = |suffix: &str| {
+            fs::read_to_string(self.cmd.work.join(format!("{}.{suffix}", self.cmd.label)))
+                .unwrap_or_default()
+        };
+        SippOutcome {
+            label: self.cmd.label.clone(),
+            code,
+            output: read("out"),
+            errors: read("errors.log"),
+        }
+    }
+}
+
+struct SippOutcome {
+    label: String,
+    /// 0: every call succeeded; None: killed or signalled.
+    code: Option<i32>,
+    output: String,
+    errors: String,
+}
+
+impl SippOutcome {
+    /// A cumulative counter from SIPp's final screen, e.g. "Successful call".
+    fn cumulative(&self, counter: &str) -> Option<u64> {
+        sipp_cumulative(&self.output, counter)
+    }
+
+    fn describe(&self) -> String {
+        let tail = |t: &str| {
+            let lines: Vec<&str> = t.lines().collect();
+            lines[lines.len().saturating_sub(20)..].join("\n")
+        };
+        format!(
+            "sipp {} exit {:?}\n{}\n{}",
+            self.label,
+            self.code,
+            tail(&self.output),
+            tail(&self.errors)
+        )
+    }
+}
+
+/// "  Successful call   |   12   |   200   ": the last column is the cumulative count.
+fn sipp_cumulative(screen: &str, counter: &str) -> Option<u64> {
+    let line = screen
+        .lines()
+        .rev()
+        .find(|l| l.trim_start().starts_with(counter))?;
+    line.split('|').nth(2)?.trim().parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentile_is_nearest_rank() {
+        let samples: Vec<u64> = (1..=100).collect();
+        assert_eq!(percentile(&samples, 50), 50);
+        assert_eq!(percentile(&samples, 99), 99);
+        assert_eq!(percentile(&[7], 99), 7);
+        assert_eq!(percentile(&[], 50), 0);
+    }
+
+    #[test]
+    fn reads_vm_rss() {
+        let status = "Name:\tcarillon\nVmPeak:\t  99 kB\nVmRSS:\t   12345 kB\nThreads: 3\n";
+        assert_eq!(parse_vm_rss_kib(status), Some(12345));
+        assert_eq!(parse_vm_rss_kib("Name: x\n"), None);
+    }
+
+    #[test]
+    fn reads_sipp_counters() {
+        let screen = "  Successful call        |        3                  |      200                 \n\
+                      \x20 Failed call            |        0                  |        1                 \n";
+        assert_eq!(sipp_cumulative(screen, "Successful call"), Some(200));
+        assert_eq!(sipp_cumulative(screen, "Failed call"), Some(1));
+        assert_eq!(sipp_cumulative(screen, "Retransmissions"), None);
+    }
+
+    #[test]
+    fn parses_agent_ranges() {
+        assert_eq!(parse_id_range("10000-11999"), Some((10000, 11999)));
+        assert_eq!(parse_id_range("5-4"), None);
+        assert_eq!(parse_id_range("abc"), None);
+    }
+}

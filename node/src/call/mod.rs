@@ -1,0 +1,543 @@
+//! One call through the B2BUA: the caller's leg (a trunk INVITE we answer), its place in
+//! the queue, the agent legs we place when the ACD offers it, the bridge, and the record.
+//!
+//! Each call runs as one task that owns both legs and the call's media, and reacts to
+//! four inputs: routing events for the call, the caller dialog's state, the current agent
+//! dialog's state, and the outcome of the agent INVITE in flight. Every path ends with the
+//! routing state machine's terminal record, which the task stores as the CDR.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use carillon_media::{CallMedia, Codec, MediaLeg};
+use carillon_ops::records::Cdr;
+use carillon_routing::{CallRecord, Command, Disposition, Event, OfferFailure, Party};
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn, Instrument};
+
+use crate::clock::now_ms;
+use crate::node::Shared;
+use crate::sip::{
+    self, rsip, DialogState, DialogStateReceiver, InviteDialog, InviteOption, TerminatedReason,
+};
+
+/// How long a call task waits for its terminal record after its last command. The record
+/// is produced by that very command, so only a bug would make this expire.
+const RECORD_WAIT_MS: u64 = 5_000;
+
+/// What the edge learned from the caller's INVITE.
+pub struct CallSetup {
+    pub call_id: String,
+    pub sip_call_id: String,
+    pub caller: String,
+    pub dialled: String,
+    pub queue: String,
+    pub codec: Codec,
+    pub answer_sdp: String,
+    pub caller_dialog: InviteDialog,
+    pub caller_states: DialogStateReceiver,
+    pub media: CallMedia,
+    pub events: mpsc::Receiver<Event>,
+}
+
+enum Phase {
+    Waiting,
+    Ringing {
+        agent: String,
+        attempt: u64,
+        dialog: InviteDialog,
+    },
+    Connected {
+        agent: String,
+        dialog: InviteDialog,
+    },
+    Ending,
+}
+
+/// The outcome of one agent INVITE.
+struct LegOutcome {
+    attempt: u64,
+    agent: String,
+    dialog: InviteDialog,
+    result: Result<rsip::Response, String>,
+    /// Agent-side media port, released unless the leg is bridged.
+    port: Option<carillon_media::RtpPort>,
+}
+
+/// Runs the call until its record is stored. The active-call slot is released on return.
+pub async fn run(shared: Arc<Shared>, setup: CallSetup) {
+    let span = tracing::info_span!("call", call_id = %setup.call_id);
+    Call::new(shared, setup).run().instrument(span).await;
+}
+
+struct Call {
+    shared: Arc<Shared>,
+    id: String,
+    sip_call_id: String,
+    caller: String,
+    dialled: String,
+    queue: String,
+    codec: Codec,
+    answer_sdp: String,
+    caller_dialog: InviteDialog,
+    caller_states: DialogStateReceiver,
+    media: CallMedia,
+    events: mpsc::Receiver<Event>,
+    phase: Phase,
+    attempts: u64,
+    agent_states: Option<DialogStateReceiver>,
+    legs_tx: mpsc::Sender<LegOutcome>,
+    legs_rx: mpsc::Receiver<LegOutcome>,
+    record: Option<CallRecord>,
+}
+
+impl Call {
+    fn new(shared: Arc<Shared>, s: CallSetup) -> Self {
+        // At most one agent INVITE is current; stale ones only need a slot to report into.
+        let (legs_tx, legs_rx) = mpsc::channel(8);
+        Self {
+            shared,
+            id: s.call_id,
+            sip_call_id: s.sip_call_id,
+            caller: s.caller,
+            dialled: s.dialled,
+            queue: s.queue,
+            codec: s.codec,
+            answer_sdp: s.answer_sdp,
+            caller_dialog: s.caller_dialog,
+            caller_states: s.caller_states,
+            media: s.media,
+            events: s.events,
+            phase: Phase::Waiting,
+            attempts: 0,
+            agent_states: None,
+            legs_tx,
+            legs_rx,
+            record: None,
+        }
+    }
+
+    async fn run(mut self) {
+        self.media.play_loop(self.shared.hold_music.clone());
+        let enqueue = Command::Enqueue {
+            call: self.id.clone(),
+            queue: self.queue.clone(),
+            caller: self.caller.clone(),
+            dialled: self.dialled.clone(),
+            at: now_ms(),
+        };
+        if let Err(e) = self.shared.routing.propose(enqueue).await {
+            warn!(error = %e, "could not queue the call");
+            self.caller_dialog.bye().await.ok();
+            self.finish_without_record();
+            return;
+        }
+        info!(caller = %self.caller, queue = %self.queue, "call queued");
+
+        while self.record.is_none() {
+            tokio::select! {
+                ev = self.events.recv() => match ev {
+                    Some(ev) => self.on_routing_event(ev).await,
+                    None => break,
+                },
+                st = self.caller_states.recv() => match st {
+                    Some(st) => self.on_caller_state(st).await,
+                    None => self.caller_gone().await,
+                },
+                st = recv_opt(&mut self.agent_states) => match st {
+                    Some(st) => self.on_agent_state(st).await,
+                    None => self.agent_states = None,
+                },
+                Some(leg) = self.legs_rx.recv() => self.on_leg(leg).await,
+                _ = tokio::time::sleep(Duration::from_millis(RECORD_WAIT_MS)), if matches!(self.phase, Phase::Ending) => {
+                    warn!("no terminal record arrived for the call");
+                    break;
+                }
+            }
+        }
+        self.store_record();
+        self.finish_without_record();
+    }
+
+    async fn on_routing_event(&mut self, ev: Event) {
+        match ev {
+            Event::Offered { agent, .. } => self.ring(agent).await,
+            Event::OfferRevoked { agent, reason, .. } => {
+                if let Phase::Ringing { agent: a, dialog, .. } = &self.phase {
+                    if *a == agent {
+                        info!(%agent, ?reason, "offer revoked, cancelling the agent leg");
+                        let dialog = dialog.clone();
+                        tokio::spawn(async move { dialog.cancel().await.ok() });
+                        self.phase = Phase::Waiting;
+                        self.media.play_loop(self.shared.hold_music.clone());
+                    }
+                }
+            }
+            Event::CallFinished(record) => self.record = Some(record),
+            Event::Connected { .. } | Event::AgentStateChanged { .. } => {}
+        }
+    }
+
+    /// Places the agent leg for an offer.
+    async fn ring(&mut self, agent: String) {
+        if !matches!(self.phase, Phase::Waiting) {
+            warn!(%agent, "offered while not waiting; refusing the offer");
+            self.offer_failed(&agent, OfferFailure::Rejected).await;
+            return;
+        }
+        let binding = self.shared.registrar().binding(&agent).cloned();
+        let Some(binding) = binding else {
+            info!(%agent, "offered agent has no registered phone");
+            self.offer_failed(&agent, OfferFailure::Unreachable).await;
+            return;
+        };
+        let port = match self.shared.ports.allocate() {
+            Ok(p) => p,
+            Err(e) => {
+                warn!(error = %e, "no RTP port for the agent leg");
+                self.offer_failed(&agent, OfferFailure::Unreachable).await;
+                return;
+            }
+        };
+        let offer = carillon_media::sdp::offer(port.local_addr(), &[self.codec], now_ms());
+        let options = match self.invite_options(&binding, offer) {
+            Ok(o) => o,
+            Err(e) => {
+                warn!(%agent, error = %e, "cannot build the agent INVITE");
+                self.offer_failed(&agent, OfferFailure::Unreachable).await;
+                return;
+            }
+        };
+        let (state_tx, state_rx) = self.shared.sip.dialogs.new_dialog_state_channel();
+        let (dialog, join) = match self.shared.sip.dialogs.do_invite_async(options, state_tx) {
+            Ok(x) => x,
+            Err(e) => {
+                warn!(%agent, error = %e, "agent INVITE failed to start");
+                self.offer_failed(&agent, OfferFailure::Unreachable).await;
+                return;
+            }
+        };
+        self.attempts += 1;
+        let attempt = self.attempts;
+        info!(%agent, contact = %binding.contact, "ringing agent");
+        self.phase = Phase::Ringing {
+            agent: agent.clone(),
+            attempt,
+            dialog: dialog.clone(),
+        };
+        self.agent_states = Some(state_rx);
+        let legs = self.legs_tx.clone();
+        tokio::spawn(async move {
+            let result = match join.await {
+                Ok(Ok((_, Some(resp)))) => Ok(resp),
+                Ok(Ok((_, None))) => Err("no final response".to_string()),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            let outcome = LegOutcome {
+                attempt,
+                agent,
+                dialog,
+                result,
+                port: Some(port),
+            };
+            legs.send(outcome).await.ok();
+        });
+    }
+
+    fn invite_options(
+        &self,
+        binding: &crate::registrar::Binding,
+        offer: String,
+    ) -> Result<InviteOption, String> {
+        let callee: rsip::Uri = binding
+            .contact
+            .as_str()
+            .try_into()
+            .map_err(|e| format!("bad contact {}: {e}", binding.contact))?;
+        let caller: rsip::Uri = self
+            .shared
+            .sip
+            .contact_uri(Some(&sanitize_user(&self.caller)))
+            .as_str()
+            .try_into()
+            .map_err(|e| format!("bad caller uri: {e}"))?;
+        let contact: rsip::Uri = self
+            .shared
+            .sip
+            .contact_uri(None)
+            .as_str()
+            .try_into()
+            .map_err(|e| format!("bad contact uri: {e}"))?;
+        Ok(InviteOption {
+            caller,
+            callee,
+            contact,
+            destination: Some(sip::sip_addr(binding.source, binding.transport)),
+            content_type: Some("application/sdp".into()),
+            offer: Some(offer.into_bytes()),
+            ..Default::default()
+        })
+    }
+
+    async fn on_leg(&mut self, mut leg: LegOutcome) {
+        let current = matches!(&self.phase, Phase::Ringing { attempt, .. } if *attempt == leg.attempt);
+        let answered = matches!(&leg.result, Ok(r) if r.status_code.kind() == rsip::StatusCodeKind::Successful);
+        if !current {
+            // An offer we already gave up on (ring timeout, caller gone). If the phone
+            // answered anyway, hang that leg up: the call is elsewhere or over.
+            if answered {
+                debug!(agent = %leg.agent, "late answer on a revoked offer; hanging up");
+                self.remove_dialog(&leg.dialog);
+                leg.dialog.bye().await.ok();
+            }
+            return;
+        }
+        let response = match leg.result {
+            Ok(r) if answered => r,
+            Ok(r) => {
+                let failure = match u16::from(r.status_code.clone()) {
+                    408 | 480 | 487 => OfferFailure::NoAnswer,
+                    _ => OfferFailure::Rejected,
+                };
+                info!(agent = %leg.agent, status = %r.status_code, "agent did not take the call");
+                self.phase = Phase::Waiting;
+                self.agent_states = None;
+                self.offer_failed(&leg.agent, failure).await;
+                return;
+            }
+            Err(e) => {
+                info!(agent = %leg.agent, error = %e, "agent leg failed");
+                self.phase = Phase::Waiting;
+                self.agent_states = None;
+                self.offer_failed(&leg.agent, OfferFailure::Unreachable).await;
+                return;
+            }
+        };
+        let body = String::from_utf8_lossy(&response.body).to_string();
+        let remote = carillon_media::sdp::parse(&body)
+            .map_err(|e| e.to_string())
+            .and_then(|sd| carillon_media::sdp::remote_audio(&sd).map_err(|e| e.to_string()));
+        let (remote_addr, codec) = match remote {
+            Ok((addr, codec)) => (addr, codec),
+            Err(e) => {
+                warn!(agent = %leg.agent, error = %e, "agent answered with unusable SDP");
+                self.remove_dialog(&leg.dialog);
+                leg.dialog.bye().await.ok();
+                self.phase = Phase::Waiting;
+                self.agent_states = None;
+                self.offer_failed(&leg.agent, OfferFailure::Rejected).await;
+                return;
+            }
+        };
+        let Some(port) = leg.port.take() else {
+            return;
+        };
+        self.media
+            .bridge(MediaLeg::new(port, codec, Some(remote_addr)));
+        let agent = leg.agent.clone();
+        self.phase = Phase::Connected {
+            agent: agent.clone(),
+            dialog: leg.dialog,
+        };
+        info!(%agent, "agent answered; legs bridged");
+        let cmd = Command::Connected {
+            call: self.id.clone(),
+            agent: agent.clone(),
+            at: now_ms(),
+        };
+        if let Err(e) = self.shared.routing.propose(cmd).await {
+            warn!(%agent, error = %e, "routing refused the connection; ending the call");
+            self.hang_up_both(Party::System).await;
+        }
+    }
+
+    async fn on_caller_state(&mut self, st: DialogState) {
+        match st {
+            DialogState::Terminated(_, reason) => {
+                debug!(?reason, "caller leg terminated");
+                if !matches!(self.phase, Phase::Ending) {
+                    self.caller_gone().await;
+                }
+            }
+            DialogState::Updated(_, req, handle) => {
+                // A re-INVITE (session refresh, hold): keep the session as it is.
+                let ct = rsip::Header::ContentType("application/sdp".into());
+                let body = (req.method == rsip::Method::Invite)
+                    .then(|| self.answer_sdp.clone().into_bytes());
+                let headers = body.as_ref().map(|_| vec![ct]);
+                handle.respond(rsip::StatusCode::OK, headers, body).await.ok();
+            }
+            _ => {}
+        }
+    }
+
+    async fn on_agent_state(&mut self, st: DialogState) {
+        match st {
+            DialogState::Terminated(_, reason) => {
+                if let Phase::Connected { .. } = self.phase {
+                    if matches!(reason, TerminatedReason::UacBye | TerminatedReason::UasBye | TerminatedReason::Timeout) {
+                        info!("agent hung up");
+                        self.agent_states = None;
+                        self.hang_up_caller_after_agent().await;
+                    }
+                }
+            }
+            DialogState::Updated(_, req, handle) => {
+                let ct = rsip::Header::ContentType("application/sdp".into());
+                let _ = req;
+                handle.respond(rsip::StatusCode::OK, Some(vec![ct]), None).await.ok();
+            }
+            _ => {}
+        }
+    }
+
+    /// The caller hung up (BYE or CANCEL) or its dialog vanished.
+    async fn caller_gone(&mut self) {
+        let phase = std::mem::replace(&mut self.phase, Phase::Ending);
+        let cmd = match phase {
+            Phase::Waiting | Phase::Ending => Command::Abandon {
+                call: self.id.clone(),
+                at: now_ms(),
+            },
+            Phase::Ringing { dialog, .. } => {
+                tokio::spawn(async move { dialog.cancel().await.ok() });
+                Command::Abandon {
+                    call: self.id.clone(),
+                    at: now_ms(),
+                }
+            }
+            Phase::Connected { dialog, .. } => {
+                self.remove_dialog(&dialog);
+                dialog.bye().await.ok();
+                Command::Ended {
+                    call: self.id.clone(),
+                    by: Party::Caller,
+                    at: now_ms(),
+                }
+            }
+        };
+        info!("caller hung up");
+        if let Err(e) = self.shared.routing.propose(cmd).await {
+            warn!(error = %e, "routing refused the hang-up");
+        }
+    }
+
+    async fn hang_up_caller_after_agent(&mut self) {
+        if let Phase::Connected { dialog, .. } = std::mem::replace(&mut self.phase, Phase::Ending) {
+            self.remove_dialog(&dialog);
+        }
+        self.caller_dialog.bye().await.ok();
+        let cmd = Command::Ended {
+            call: self.id.clone(),
+            by: Party::Agent,
+            at: now_ms(),
+        };
+        if let Err(e) = self.shared.routing.propose(cmd).await {
+            warn!(error = %e, "routing refused the hang-up");
+        }
+    }
+
+    async fn hang_up_both(&mut self, by: Party) {
+        if let Phase::Connected { dialog, .. } | Phase::Ringing { dialog, .. } =
+            std::mem::replace(&mut self.phase, Phase::Ending)
+        {
+            self.remove_dialog(&dialog);
+            dialog.bye().await.ok();
+        }
+        self.caller_dialog.bye().await.ok();
+        let cmd = Command::Lost {
+            call: self.id.clone(),
+            cause: format!("{by:?} ended the call after a routing refusal").to_lowercase(),
+            at: now_ms(),
+        };
+        if let Err(e) = self.shared.routing.propose(cmd).await {
+            warn!(error = %e, "routing refused to close the call");
+        }
+    }
+
+    async fn offer_failed(&mut self, agent: &str, failure: OfferFailure) {
+        let cmd = Command::OfferFailed {
+            call: self.id.clone(),
+            agent: agent.to_string(),
+            failure,
+            at: now_ms(),
+        };
+        if let Err(e) = self.shared.routing.propose(cmd).await {
+            warn!(%agent, error = %e, "routing refused the failed offer");
+        }
+    }
+
+    fn remove_dialog(&self, dialog: &InviteDialog) {
+        self.shared.sip.dialogs.remove_dialog(&dialog.id());
+    }
+
+    fn store_record(&mut self) {
+        let Some(rec) = self.record.take() else {
+            return;
+        };
+        let counters = self.media.counters();
+        let cdr = Cdr {
+            call_id: rec.call.clone(),
+            sip_call_id: self.sip_call_id.clone(),
+            caller: rec.caller,
+            dialled: rec.dialled,
+            queue: rec.queue,
+            agent: rec.agent,
+            arrived_at_ms: rec.arrived_at,
+            offered_at_ms: rec.offered_at,
+            answered_at_ms: rec.answered_at,
+            ended_at_ms: rec.ended_at,
+            wait_ms: rec.wait_ms,
+            disposition: match rec.disposition {
+                Disposition::Answered => "answered",
+                Disposition::Abandoned => "abandoned",
+                Disposition::Lost => "lost",
+            }
+            .to_string(),
+            hangup_by: match rec.hangup_by {
+                Party::Caller => "caller",
+                Party::Agent => "agent",
+                Party::System => "system",
+            }
+            .to_string(),
+            cause: rec.cause,
+            offers: rec.offers,
+            rtp_caller_to_agent: counters.caller_to_agent_packets,
+            rtp_agent_to_caller: counters.agent_to_caller_packets,
+            node: self.shared.node_id.clone(),
+        };
+        info!(disposition = %cdr.disposition, wait_ms = cdr.wait_ms, "call record stored");
+        if let Err(e) = self.shared.records.put_cdr(&cdr) {
+            warn!(error = %e, "could not store the call record");
+        }
+        self.shared.counters.record(&cdr);
+    }
+
+    fn finish_without_record(&mut self) {
+        self.shared.routing.unsubscribe(&self.id);
+        self.shared.sip.dialogs.remove_dialog(&self.caller_dialog.id());
+        self.media.stop();
+    }
+}
+
+async fn recv_opt(rx: &mut Option<DialogStateReceiver>) -> Option<DialogState> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Keeps a caller id usable as a SIP URI user part.
+fn sanitize_user(user: &str) -> String {
+    let clean: String = user
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || "+-_.!~*'()".contains(*c))
+        .take(64)
+        .collect();
+    if clean.is_empty() {
+        "anonymous".into()
+    } else {
+        clean
+    }
+}

@@ -1,0 +1,371 @@
+//! The SIP edge: every new server transaction lands here first.
+//!
+//! The dispatcher drains rsipstack's (unbounded) transaction channel at once and admits at
+//! most `sip.pending_requests_max` requests into handling; past that a request is answered
+//! 503 with Retry-After on the spot, so a flood costs a reply, not memory. Then: REGISTER
+//! goes to the registrar, a new INVITE through the trunk checks into a call task, in-dialog
+//! requests to their dialog, OPTIONS gets 200, anything else 405.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use carillon_media::{sdp, CallMedia, Codec, MediaLeg};
+use carillon_routing::Command;
+use rsipstack::transaction::transaction::Transaction;
+use rsipstack::transaction::TransactionReceiver;
+use tokio::sync::Semaphore;
+use tracing::{debug, info, warn};
+
+use crate::call::{self, CallSetup};
+use crate::clock::now_ms;
+use crate::node::Shared;
+use crate::registrar::{ContactSpec, RegisterOutcome, RegisterRequest};
+use crate::sip::{self, rsip};
+use rsip::prelude::{HasHeaders, HeadersExt};
+use rsip::{Header, Method, StatusCode};
+
+/// Seconds a refused caller is asked to wait before retrying.
+const RETRY_AFTER_S: u32 = 5;
+
+pub async fn dispatch(shared: Arc<Shared>, mut incoming: TransactionReceiver) {
+    let permits = Arc::new(Semaphore::new(shared.config.sip.pending_requests_max));
+    while let Some(mut tx) = incoming.recv().await {
+        shared.counters.sip_requests.fetch_add(1, Ordering::Relaxed);
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            shared.counters.sip_shed.fetch_add(1, Ordering::Relaxed);
+            if tx.original.method != Method::Ack {
+                tokio::spawn(async move {
+                    sip::reply(&mut tx, StatusCode::ServiceUnavailable, vec![retry_after()]).await;
+                });
+            }
+            continue;
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            handle(shared, tx).await;
+            drop(permit);
+        });
+    }
+}
+
+fn retry_after() -> Header {
+    Header::RetryAfter(RETRY_AFTER_S.to_string().into())
+}
+
+async fn handle(shared: Arc<Shared>, mut tx: Transaction) {
+    if let Err(problem) = sip::check_request(&tx.original) {
+        info!(method = %tx.original.method, %problem, "malformed request");
+        shared.counters.sip_malformed.fetch_add(1, Ordering::Relaxed);
+        if tx.original.method != Method::Ack {
+            let warning = Header::Warning(format!("399 carillon \"{}\"", problem.replace('"', "'")).into());
+            sip::reply(&mut tx, StatusCode::BadRequest, vec![warning]).await;
+        }
+        return;
+    }
+    let in_dialog = match sip::has_to_tag(&tx.original) {
+        Ok(b) => b,
+        Err(problem) => {
+            sip::reply(&mut tx, StatusCode::BadRequest, vec![]).await;
+            debug!(%problem, "bad To header");
+            return;
+        }
+    };
+    if in_dialog {
+        match shared.sip.dialogs.match_dialog(&tx) {
+            Some(rsipstack::dialog::dialog::Dialog::Invite(mut dialog)) => {
+                if let Err(e) = dialog.handle(&mut tx).await {
+                    debug!(error = %e, "in-dialog request failed");
+                }
+            }
+            _ => {
+                if tx.original.method != Method::Ack {
+                    sip::reply(&mut tx, StatusCode::CallTransactionDoesNotExist, vec![]).await;
+                }
+            }
+        }
+        return;
+    }
+    match tx.original.method {
+        Method::Register => register(&shared, &mut tx).await,
+        Method::Invite => invite(shared, tx).await,
+        Method::Options => sip::reply(&mut tx, StatusCode::OK, vec![]).await,
+        Method::Ack => {}
+        Method::Bye => {
+            sip::reply(&mut tx, StatusCode::CallTransactionDoesNotExist, vec![]).await
+        }
+        _ => {
+            let allow = Header::Allow("INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER".into());
+            sip::reply(&mut tx, StatusCode::MethodNotAllowed, vec![allow]).await
+        }
+    }
+}
+
+async fn register(shared: &Shared, tx: &mut Transaction) {
+    let req = &tx.original;
+    let Some((source, transport)) = sip::request_source(tx) else {
+        sip::reply(tx, StatusCode::BadRequest, vec![]).await;
+        return;
+    };
+    let agent = match sip::to_user(req) {
+        Ok(a) => a,
+        Err(_) => {
+            sip::reply(tx, StatusCode::BadRequest, vec![]).await;
+            return;
+        }
+    };
+    let contact = if req.contact_headers().is_empty() {
+        None
+    } else if req
+        .contact_headers()
+        .iter()
+        .any(|c| c.value().trim() == "*")
+    {
+        Some(ContactSpec::Wildcard)
+    } else {
+        match req.contact_header().and_then(|c| rsip::typed::Contact::parse(c.value())).map(|c| c.uri) {
+            Ok(uri) => Some(ContactSpec::Uri(uri.to_string())),
+            Err(_) => {
+                sip::reply(tx, StatusCode::BadRequest, vec![]).await;
+                return;
+            }
+        }
+    };
+    let contact_expires = req
+        .contact_header()
+        .ok()
+        .and_then(|c| contact_expires_param(c.value()));
+    let header_expires = req.headers().iter().find_map(|h| match h {
+        Header::Expires(e) => e.value().trim().parse::<u32>().ok(),
+        _ => None,
+    });
+    let authorization = req.headers().iter().find_map(|h| match h {
+        Header::Authorization(a) => Some(a.value().to_string()),
+        _ => None,
+    });
+    let request = RegisterRequest {
+        agent,
+        authorization,
+        contact,
+        expires_s: contact_expires.or(header_expires),
+        source,
+        transport,
+    };
+    let now = now_ms();
+    let outcome = shared.registrar().register(&request, now);
+    match outcome {
+        RegisterOutcome::Challenge { www_authenticate } => {
+            let h = Header::WwwAuthenticate(www_authenticate.into());
+            sip::reply(tx, StatusCode::Unauthorized, vec![h]).await;
+        }
+        RegisterOutcome::Forbidden { reason } => {
+            info!(agent = %request.agent, %source, reason, "registration refused");
+            sip::reply(tx, StatusCode::Forbidden, vec![]).await;
+        }
+        RegisterOutcome::BadRequest { reason } => {
+            info!(agent = %request.agent, %reason, "bad registration");
+            sip::reply(tx, StatusCode::BadRequest, vec![]).await;
+        }
+        RegisterOutcome::Registered {
+            agent,
+            expires_s,
+            contact,
+            first,
+        } => {
+            if first {
+                info!(%agent, %contact, "agent registered");
+                let skills = shared
+                    .registrar()
+                    .account(&agent)
+                    .map(|a| a.skills.clone())
+                    .unwrap_or_default();
+                let cmd = Command::AgentLogin {
+                    agent: agent.clone(),
+                    skills,
+                    at: now,
+                };
+                if let Err(e) = shared.routing.propose(cmd).await {
+                    warn!(%agent, error = %e, "routing refused the log-in");
+                }
+            }
+            let c = Header::Contact(format!("<{contact}>;expires={expires_s}").into());
+            let e = Header::Expires(expires_s.to_string().into());
+            sip::reply(tx, StatusCode::OK, vec![c, e]).await;
+        }
+        RegisterOutcome::Unregistered { agent, had_binding } => {
+            if had_binding {
+                info!(%agent, "agent unregistered");
+                logout(shared, &agent, now).await;
+            }
+            sip::reply(tx, StatusCode::OK, vec![]).await;
+        }
+        RegisterOutcome::Query { binding, .. } => {
+            let headers = binding
+                .map(|b| {
+                    let left = b.expires_at_ms.saturating_sub(now) / 1000;
+                    vec![Header::Contact(format!("<{}>;expires={left}", b.contact).into())]
+                })
+                .unwrap_or_default();
+            sip::reply(tx, StatusCode::OK, headers).await;
+        }
+    }
+}
+
+pub async fn logout(shared: &Shared, agent: &str, now: u64) {
+    let cmd = Command::AgentLogout {
+        agent: agent.to_string(),
+        at: now,
+    };
+    if let Err(e) = shared.routing.propose(cmd).await {
+        warn!(%agent, error = %e, "routing refused the log-out");
+    }
+}
+
+fn contact_expires_param(value: &str) -> Option<u32> {
+    // Parameters after the closing '>' (or the whole value when unbracketed).
+    let params = value.rsplit_once('>').map(|(_, p)| p).unwrap_or(value);
+    params.split(';').find_map(|p| {
+        let (k, v) = p.split_once('=')?;
+        k.trim()
+            .eq_ignore_ascii_case("expires")
+            .then(|| v.trim().parse().ok())
+            .flatten()
+    })
+}
+
+/// A new INVITE: trunk checks, admission, answer, then the call task.
+async fn invite(shared: Arc<Shared>, mut tx: Transaction) {
+    let Some((source, _)) = sip::request_source(&tx) else {
+        sip::reply(&mut tx, StatusCode::BadRequest, vec![]).await;
+        return;
+    };
+    let trunk = shared
+        .trunks
+        .iter()
+        .find(|(_, nets)| nets.iter().any(|n| n.contains(source.ip())))
+        .map(|(name, _)| name.clone());
+    let Some(trunk) = trunk else {
+        info!(%source, "INVITE from an address no trunk allows");
+        sip::reply(&mut tx, StatusCode::Forbidden, vec![]).await;
+        return;
+    };
+    let caller = sip::from_user(&tx.original).unwrap_or_default();
+    if shared.config.blacklist.callers.iter().any(|b| *b == caller) {
+        info!(%caller, %trunk, "blacklisted caller refused");
+        sip::reply(&mut tx, StatusCode::Forbidden, vec![]).await;
+        return;
+    }
+    let dialled = sip::request_user(&tx.original).unwrap_or_default();
+    let Some(queue) = shared
+        .config
+        .numbers
+        .iter()
+        .find(|n| n.number == dialled)
+        .map(|n| n.queue.clone())
+    else {
+        info!(%caller, %dialled, "call to an unknown number");
+        sip::reply(&mut tx, StatusCode::NotFound, vec![]).await;
+        return;
+    };
+    let Some(slot) = shared.try_take_call_slot() else {
+        info!(%caller, "at the concurrent call limit; refusing");
+        sip::reply(&mut tx, StatusCode::ServiceUnavailable, vec![retry_after()]).await;
+        return;
+    };
+    let offer_text = String::from_utf8_lossy(&tx.original.body).to_string();
+    let offer = match sdp::parse(&offer_text) {
+        Ok(o) => o,
+        Err(e) => {
+            info!(%caller, error = %e, "INVITE without a usable SDP offer");
+            sip::reply(&mut tx, StatusCode::NotAcceptableHere, vec![]).await;
+            return;
+        }
+    };
+    let port = match shared.ports.allocate() {
+        Ok(p) => p,
+        Err(e) => {
+            warn!(error = %e, "no RTP port for a new call");
+            sip::reply(&mut tx, StatusCode::ServiceUnavailable, vec![retry_after()]).await;
+            return;
+        }
+    };
+    let (answer_sdp, codec) = match sdp::answer(&offer, port.local_addr(), &[Codec::Pcmu, Codec::Pcma]) {
+        Ok(x) => x,
+        Err(e) => {
+            info!(%caller, error = %e, "no common codec");
+            sip::reply(&mut tx, StatusCode::NotAcceptableHere, vec![]).await;
+            return;
+        }
+    };
+    let remote = offer.audio_addr();
+    let sip_call_id = tx
+        .original
+        .call_id_header()
+        .map(|c| c.value().to_string())
+        .unwrap_or_default();
+    let call_id = shared.next_call_id();
+    let contact: rsip::Uri = match shared.sip.contact_uri(None).as_str().try_into() {
+        Ok(u) => u,
+        Err(_) => {
+            sip::reply(&mut tx, StatusCode::ServerInternalError, vec![]).await;
+            return;
+        }
+    };
+    let (state_tx, state_rx) = shared.sip.dialogs.new_dialog_state_channel();
+    let mut dialog = match shared
+        .sip
+        .dialogs
+        .get_or_create_server_invite(&tx, state_tx, None, Some(contact))
+    {
+        Ok(d) => d,
+        Err(e) => {
+            warn!(error = %e, "cannot create the caller dialog");
+            sip::reply(&mut tx, StatusCode::ServerInternalError, vec![]).await;
+            return;
+        }
+    };
+    let caller_dialog = dialog.clone();
+    let events = shared.routing.subscribe(&call_id);
+    let ct = Header::ContentType("application/sdp".into());
+    if let Err(e) = caller_dialog.accept(Some(vec![ct]), Some(answer_sdp.clone().into_bytes())) {
+        warn!(error = %e, "could not answer the caller");
+        shared.routing.unsubscribe(&call_id);
+        return;
+    }
+    let media = CallMedia::start(MediaLeg::new(port, codec, remote));
+    info!(%call_id, %caller, %dialled, %trunk, %source, "call answered");
+    let setup = CallSetup {
+        call_id,
+        sip_call_id,
+        caller,
+        dialled,
+        queue,
+        codec,
+        answer_sdp,
+        caller_dialog,
+        caller_states: state_rx,
+        media,
+        events,
+    };
+    let task_shared = shared.clone();
+    tokio::spawn(async move {
+        call::run(task_shared, setup).await;
+        drop(slot);
+    });
+    // The INVITE transaction (ACK, CANCEL, retransmissions) runs here to its end.
+    if let Err(e) = dialog.handle(&mut tx).await {
+        debug!(error = %e, "caller INVITE transaction ended with an error");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn contact_expires_is_read_from_params_after_the_uri() {
+        assert_eq!(contact_expires_param("<sip:1001@1.2.3.4;x=1>;expires=60"), Some(60));
+        assert_eq!(contact_expires_param("<sip:1001@1.2.3.4;expires=9>"), None);
+        assert_eq!(contact_expires_param("sip:1001@1.2.3.4;expires=0"), Some(0));
+        assert_eq!(contact_expires_param("<sip:1001@1.2.3.4>"), None);
+    }
+}

@@ -1,0 +1,293 @@
+//! A running node: wires config, the SIP edge, the routing log, media and records.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use carillon_media::{PortPool, Prompt};
+use carillon_ops::records::{Cdr, RecordStore, RedbRecordStore};
+use carillon_routing::{Command, QueueConfig};
+use serde::Serialize;
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+use crate::clock::now_ms;
+use crate::config::{Cidr, Config};
+use crate::registrar::Registrar;
+use crate::routing_log::RoutingLog;
+use crate::sip::SipStack;
+
+/// How often the node advances routing time (ring timeouts, wrap-up ends).
+const TICK_MS: u64 = 100;
+/// How often lapsed registrations are swept.
+const EXPIRY_SWEEP_MS: u64 = 1_000;
+
+/// State every task of the node shares.
+pub struct Shared {
+    pub node_id: String,
+    pub config: Config,
+    pub sip: SipStack,
+    pub routing: RoutingLog,
+    pub ports: Arc<PortPool>,
+    pub hold_music: Arc<Prompt>,
+    pub records: Arc<dyn RecordStore>,
+    pub trunks: Vec<(String, Vec<Cidr>)>,
+    pub counters: Counters,
+    registrar: Mutex<Registrar>,
+    active_calls: AtomicUsize,
+    call_seq: AtomicU64,
+    epoch: u64,
+}
+
+/// Running totals for the live view and status API.
+#[derive(Default)]
+pub struct Counters {
+    pub sip_requests: AtomicU64,
+    pub sip_shed: AtomicU64,
+    pub sip_malformed: AtomicU64,
+    pub calls_answered: AtomicU64,
+    pub calls_abandoned: AtomicU64,
+    pub calls_lost: AtomicU64,
+    pub rtp_relayed: AtomicU64,
+}
+
+impl Counters {
+    pub fn record(&self, cdr: &Cdr) {
+        let c = match cdr.disposition.as_str() {
+            "answered" => &self.calls_answered,
+            "abandoned" => &self.calls_abandoned,
+            _ => &self.calls_lost,
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+        self.rtp_relayed.fetch_add(
+            cdr.rtp_agent_to_caller + cdr.rtp_caller_to_agent,
+            Ordering::Relaxed,
+        );
+    }
+}
+
+/// Holds one of the node's concurrent-call slots until dropped.
+pub struct CallSlot(Arc<Shared>);
+
+impl Drop for CallSlot {
+    fn drop(&mut self) {
+        self.0.active_calls.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Shared {
+    pub fn registrar(&self) -> MutexGuard<'_, Registrar> {
+        // The registrar's methods do not panic; a poisoned lock still holds whole state.
+        self.registrar.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn try_take_call_slot(self: &Arc<Self>) -> Option<CallSlot> {
+        let max = self.config.node.max_concurrent_calls;
+        let prev = self.active_calls.fetch_add(1, Ordering::AcqRel);
+        if prev >= max {
+            self.active_calls.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(CallSlot(self.clone()))
+    }
+
+    pub fn active_calls(&self) -> usize {
+        self.active_calls.load(Ordering::Acquire)
+    }
+
+    /// A call id unique across restarts of this node (start time) and in the cluster
+    /// (node id).
+    pub fn next_call_id(&self) -> String {
+        let n = self.call_seq.fetch_add(1, Ordering::Relaxed);
+        format!("{}-{:x}-{n}", self.node_id, self.epoch)
+    }
+}
+
+#[derive(Serialize)]
+pub struct Status {
+    pub node: String,
+    pub site: String,
+    pub sip: String,
+    pub calls: CallCounts,
+    pub agents_registered: usize,
+    pub acd: carillon_routing::AcdStats,
+    pub sip_requests: u64,
+    pub sip_shed: u64,
+    pub sip_malformed: u64,
+    pub rtp_ports_in_use: usize,
+}
+
+#[derive(Serialize)]
+pub struct CallCounts {
+    pub active: usize,
+    pub answered: u64,
+    pub abandoned: u64,
+    pub lost: u64,
+    pub rtp_relayed: u64,
+}
+
+impl Shared {
+    pub fn status(&self) -> Status {
+        let c = &self.counters;
+        Status {
+            node: self.node_id.clone(),
+            site: self.config.node.site.clone(),
+            sip: self.sip.listen.to_string(),
+            calls: CallCounts {
+                active: self.active_calls(),
+                answered: c.calls_answered.load(Ordering::Relaxed),
+                abandoned: c.calls_abandoned.load(Ordering::Relaxed),
+                lost: c.calls_lost.load(Ordering::Relaxed),
+                rtp_relayed: c.rtp_relayed.load(Ordering::Relaxed),
+            },
+            agents_registered: self.registrar().registered_count(),
+            acd: self.routing.stats(),
+            sip_requests: c.sip_requests.load(Ordering::Relaxed),
+            sip_shed: c.sip_shed.load(Ordering::Relaxed),
+            sip_malformed: c.sip_malformed.load(Ordering::Relaxed),
+            rtp_ports_in_use: self.ports.in_use(),
+        }
+    }
+}
+
+pub struct Node;
+
+/// A started node. Dropping it does not stop it; call [`NodeHandle::shutdown`].
+pub struct NodeHandle {
+    shared: Arc<Shared>,
+    http_addr: SocketAddr,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Node {
+    pub async fn start(config: Config) -> anyhow::Result<NodeHandle> {
+        let data_dir = config.data_dir();
+        std::fs::create_dir_all(&data_dir)
+            .with_context(|| format!("node.data_dir: cannot create {}", data_dir.display()))?;
+        let records: Arc<dyn RecordStore> =
+            Arc::new(RedbRecordStore::open(&data_dir.join("records.redb"))?);
+        let hold_path = config.hold_music_path();
+        let hold_music = Arc::new(
+            Prompt::load_wav(&hold_path).with_context(|| "media.hold_music".to_string())?,
+        );
+        let ports = PortPool::new(config.rtp.ip, config.rtp.port_min, config.rtp.port_max)
+            .context("rtp: cannot set up the port pool")?;
+        let (sip, incoming) = SipStack::start(config.sip.listen).await?;
+        let routing = RoutingLog::new();
+        let now = now_ms();
+        for q in &config.queues {
+            let queue = QueueConfig {
+                name: q.name.clone(),
+                skill: q.skill.clone(),
+                wrapup_ms: (q.wrapup_s * 1000.0) as u64,
+                ring_timeout_ms: (q.ring_timeout_s * 1000.0) as u64,
+            };
+            routing
+                .propose(Command::ConfigureQueue { queue, at: now })
+                .await
+                .with_context(|| format!("queue {}", q.name))?;
+        }
+        let registrar = Registrar::new(
+            &config.sip.realm,
+            config.agent_accounts(),
+            secret_seed(),
+            config.sip.registration_expires_max_s,
+        );
+        let shared = Arc::new(Shared {
+            node_id: config.node.id.clone(),
+            trunks: config.trunk_networks(),
+            config,
+            sip,
+            routing,
+            ports,
+            hold_music,
+            records,
+            counters: Counters::default(),
+            registrar: Mutex::new(registrar),
+            active_calls: AtomicUsize::new(0),
+            call_seq: AtomicU64::new(1),
+            epoch: now,
+        });
+        let http = crate::http::bind(shared.config.http.listen).await?;
+        let http_addr = http.local_addr()?;
+        let mut tasks = Vec::new();
+        tasks.push(tokio::spawn(crate::edge::dispatch(shared.clone(), incoming)));
+        tasks.push(tokio::spawn(ticker(shared.clone())));
+        tasks.push(tokio::spawn(expiry_sweeper(shared.clone())));
+        tasks.push(tokio::spawn(crate::http::serve(http, shared.clone())));
+        info!(
+            node = %shared.node_id,
+            sip = %shared.sip.listen,
+            http = %http_addr,
+            "node started"
+        );
+        Ok(NodeHandle {
+            shared,
+            http_addr,
+            tasks,
+        })
+    }
+}
+
+impl NodeHandle {
+    pub fn status(&self) -> serde_json::Value {
+        serde_json::to_value(self.shared.status()).unwrap_or_default()
+    }
+
+    pub fn cdrs(&self) -> Vec<Cdr> {
+        self.shared.records.list_cdrs(0, usize::MAX).unwrap_or_default()
+    }
+
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    pub fn sip_addr(&self) -> SocketAddr {
+        self.shared.sip.listen
+    }
+
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    pub async fn shutdown(self) {
+        self.shared.sip.shutdown();
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+async fn ticker(shared: Arc<Shared>) {
+    let mut every = tokio::time::interval(Duration::from_millis(TICK_MS));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        if let Err(e) = shared.routing.propose(Command::Tick { at: now_ms() }).await {
+            warn!(error = %e, "tick refused");
+        }
+    }
+}
+
+async fn expiry_sweeper(shared: Arc<Shared>) {
+    let mut every = tokio::time::interval(Duration::from_millis(EXPIRY_SWEEP_MS));
+    loop {
+        every.tick().await;
+        let now = now_ms();
+        let lapsed = shared.registrar().expire(now);
+        for agent in lapsed {
+            info!(%agent, "registration lapsed");
+            crate::edge::logout(&shared, &agent, now).await;
+        }
+    }
+}
+
+/// A per-process secret for nonces, from the OS-seeded hasher keys std keeps.
+fn secret_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(now_ms());
+    h.finish()
+}

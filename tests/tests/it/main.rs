@@ -1,0 +1,14 @@
+//! End-to-end tests: real `carillon` processes driven by SIPp callers and agent phones
+//! over loopback. One module per behaviour. Build the node first
+//! (`cargo build -p carillon`) and install SIPp (`scripts/install-deps.sh`).
+
+mod harness;
+
+mod abandon;
+mod calls_bulk;
+mod example_single_node;
+mod malformed;
+mod overload;
+mod refusals;
+mod register_auth;
+mod ring_timeout;
