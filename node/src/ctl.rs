@@ -87,7 +87,7 @@ pub async fn cdr_list(node: &str, json: bool, limit: usize) -> anyhow::Result<()
         return Ok(());
     }
     println!(
-        "{:<28} {:<14} {:<8} {:<10} {:<8} {:<10} {:>8} {:>9} {:<8}",
+        "{:<28} {:<14} {:<8} {:<10} {:<8} {:<11} {:>8} {:>9} {:<8}",
         "CALL ID", "CALLER", "DIALLED", "QUEUE", "AGENT", "DISPOSITION", "WAIT S", "TALK S", "HANGUP"
     );
     for c in &cdrs {
@@ -96,7 +96,7 @@ pub async fn cdr_list(node: &str, json: bool, limit: usize) -> anyhow::Result<()
             .map(|a| c.ended_at_ms.saturating_sub(a) as f64 / 1000.0)
             .unwrap_or(0.0);
         println!(
-            "{:<28} {:<14} {:<8} {:<10} {:<8} {:<10} {:>8.1} {:>9.1} {:<8}",
+            "{:<28} {:<14} {:<8} {:<10} {:<8} {:<11} {:>8.1} {:>9.1} {:<8}",
             c.call_id,
             truncate(&c.caller, 14),
             truncate(&c.dialled, 8),

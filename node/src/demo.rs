@@ -179,18 +179,29 @@ impl DemoReport {
         let _ = writeln!(s, "  agents registered    {}", self.agents_registered);
         let _ = writeln!(s, "  calls placed         {}", self.calls_placed);
         if self.calls_skipped > 0 {
-            let _ = writeln!(s, "  arrivals skipped     {} (too many calls up)", self.calls_skipped);
+            let _ = writeln!(
+                s,
+                "  arrivals skipped     {} (too many calls up)",
+                self.calls_skipped
+            );
         }
         let _ = writeln!(s, "  refused by the node  {}", self.calls_refused);
         let _ = writeln!(s, "  call records (CDRs)  {}", self.cdrs);
         let _ = writeln!(s, "    answered           {}", self.answered);
         let _ = writeln!(s, "    abandoned          {}", self.abandoned);
         let _ = writeln!(s, "    other              {}", self.other);
-        let _ = writeln!(s, "  average wait         {} answered, {} abandoned",
-            ms(self.average_wait_answered_ms), ms(self.average_wait_abandoned_ms));
+        let _ = writeln!(
+            s,
+            "  average wait         {} answered, {} abandoned",
+            ms(self.average_wait_answered_ms),
+            ms(self.average_wait_abandoned_ms)
+        );
         let _ = writeln!(s, "  RTP packets relayed  {}", self.rtp_relayed);
-        let _ = writeln!(s, "  agent phones: {} calls answered, {} RTP packets heard",
-            self.agent_calls_answered, self.phone_rtp_received);
+        let _ = writeln!(
+            s,
+            "  agent phones: {} calls answered, {} RTP packets heard",
+            self.agent_calls_answered, self.phone_rtp_received
+        );
         s
     }
 }
@@ -225,10 +236,15 @@ fn validate(args: &DemoArgs) -> anyhow::Result<()> {
         anyhow::bail!("--agents {}: choose 1 to {AGENTS_MAX}", args.agents);
     }
     if !(args.cps > 0.0 && args.cps <= CPS_MAX) {
-        anyhow::bail!("--cps {}: choose a rate above 0 and at most {CPS_MAX}", args.cps);
+        anyhow::bail!(
+            "--cps {}: choose a rate above 0 and at most {CPS_MAX}",
+            args.cps
+        );
     }
     if args.duration == Some(0) {
-        anyhow::bail!("--duration 0: give at least one second, or leave it out to run until Ctrl-C");
+        anyhow::bail!(
+            "--duration 0: give at least one second, or leave it out to run until Ctrl-C"
+        );
     }
     Ok(())
 }
@@ -243,7 +259,10 @@ async fn drive(
     let phones = start_phones(args, node.sip_addr(), &mut rng, cancel).await?;
     let registered = phones.iter().filter(|p| p.stats().registered).count();
     if registered == 0 {
-        anyhow::bail!("no agent phone could register with the demo node at {}", node.sip_addr());
+        anyhow::bail!(
+            "no agent phone could register with the demo node at {}",
+            node.sip_addr()
+        );
     }
 
     let mut caller_config = CallerConfig::new(node.sip_addr());
@@ -296,15 +315,18 @@ async fn drive(
             _ = &mut ctrl_c, if live => break,
         }
     }
-    let run_s = crate::clock::instant().duration_since(started).as_secs_f64();
+    let run_s = crate::clock::instant()
+        .duration_since(started)
+        .as_secs_f64();
 
     // Hang up whoever is still on the line, let the BYEs finish and the node
     // write its records, then read them.
     caller.stop();
-    let drain = async {
-        while calls.join_next().await.is_some() {}
-    };
-    if tokio::time::timeout(Duration::from_millis(DRAIN_MS), drain).await.is_err() {
+    let drain = async { while calls.join_next().await.is_some() {} };
+    if tokio::time::timeout(Duration::from_millis(DRAIN_MS), drain)
+        .await
+        .is_err()
+    {
         calls.abort_all();
     }
     tokio::time::sleep(Duration::from_millis(SETTLE_MS)).await;
@@ -364,7 +386,13 @@ fn secs_f64(s: f64) -> Duration {
 }
 
 /// Draws the live view: clear (on a terminal) and print.
-fn draw(node: &NodeHandle, caller: &Caller, phones: &[AgentPhone], elapsed: Duration, args: &DemoArgs) {
+fn draw(
+    node: &NodeHandle,
+    caller: &Caller,
+    phones: &[AgentPhone],
+    elapsed: Duration,
+    args: &DemoArgs,
+) {
     let text = live_view(&node.status(), caller, phones, elapsed, args);
     let mut out = std::io::stdout().lock();
     if out.is_terminal() {
@@ -377,7 +405,13 @@ fn draw(node: &NodeHandle, caller: &Caller, phones: &[AgentPhone], elapsed: Dura
     let _ = out.flush();
 }
 
-fn live_view(status: &Value, caller: &Caller, phones: &[AgentPhone], elapsed: Duration, args: &DemoArgs) -> String {
+fn live_view(
+    status: &Value,
+    caller: &Caller,
+    phones: &[AgentPhone],
+    elapsed: Duration,
+    args: &DemoArgs,
+) -> String {
     let n = |v: &Value| v.as_u64().unwrap_or(0);
     let acd = &status["acd"];
     let (mut waiting, mut offering, mut connected, mut longest) = (0, 0, 0, 0);
@@ -397,15 +431,36 @@ fn live_view(status: &Value, caller: &Caller, phones: &[AgentPhone], elapsed: Du
     let _ = writeln!(
         s,
         "Carillon demo  t={:>4}s  agents={}  rate={} calls/s  seed={}   (Ctrl-C ends)",
-        elapsed.as_secs(), args.agents, args.cps, args.seed
+        elapsed.as_secs(),
+        args.agents,
+        args.cps,
+        args.seed
     );
-    let _ = writeln!(s, "node {}  sip {}", status["node"].as_str().unwrap_or("?"), status["sip"].as_str().unwrap_or("?"));
+    let _ = writeln!(
+        s,
+        "node {}  sip {}",
+        status["node"].as_str().unwrap_or("?"),
+        status["sip"].as_str().unwrap_or("?")
+    );
     let _ = writeln!(s);
     let _ = writeln!(s, "calls    waiting {waiting:>4}   ringing {offering:>4}   talking {connected:>4}   active legs {:>4}   longest wait {:.1} s",
         n(&calls["active"]), longest as f64 / 1000.0);
-    let _ = writeln!(s, "totals   placed {:>5}   answered {:>5}   abandoned {:>5}   lost {:>4}   refused {:>4}",
-        cs.calls_placed, n(&calls["answered"]), n(&calls["abandoned"]), n(&calls["lost"]), cs.calls_refused);
-    let _ = writeln!(s, "rtp      relayed by node {:>8}   caller sent/heard {:>7}/{:<7}", n(&calls["rtp_relayed"]), cs.rtp_sent, cs.rtp_received);
+    let _ = writeln!(
+        s,
+        "totals   placed {:>5}   answered {:>5}   abandoned {:>5}   lost {:>4}   refused {:>4}",
+        cs.calls_placed,
+        n(&calls["answered"]),
+        n(&calls["abandoned"]),
+        n(&calls["lost"]),
+        cs.calls_refused
+    );
+    let _ = writeln!(
+        s,
+        "rtp      relayed by node {:>8}   caller sent/heard {:>7}/{:<7}",
+        n(&calls["rtp_relayed"]),
+        cs.rtp_sent,
+        cs.rtp_received
+    );
     let _ = write!(s, "agents   registered {registered:>3}/{} ", phones.len());
     if let Some(states) = acd["agents"].as_object() {
         for (state, count) in states {
@@ -470,7 +525,11 @@ queue = "{DEMO_QUEUE}"
         hold = toml_string(&hold.display().to_string()),
         first_agent = AGENT_ID_BASE + 1,
     );
-    Ok(Config::from_toml(&text, "demo (built in)", dir.to_path_buf())?)
+    Ok(Config::from_toml(
+        &text,
+        "demo (built in)",
+        dir.to_path_buf(),
+    )?)
 }
 
 /// A TOML basic string with backslashes and quotes escaped.
@@ -564,11 +623,20 @@ mod tests {
 
     #[test]
     fn bad_args_are_refused_with_a_hint() {
-        let bad = DemoArgs { agents: 0, ..DemoArgs::default() };
+        let bad = DemoArgs {
+            agents: 0,
+            ..DemoArgs::default()
+        };
         assert!(validate(&bad).is_err());
-        let bad = DemoArgs { cps: 0.0, ..DemoArgs::default() };
+        let bad = DemoArgs {
+            cps: 0.0,
+            ..DemoArgs::default()
+        };
         assert!(validate(&bad).is_err());
-        let bad = DemoArgs { cps: f64::NAN, ..DemoArgs::default() };
+        let bad = DemoArgs {
+            cps: f64::NAN,
+            ..DemoArgs::default()
+        };
         assert!(validate(&bad).is_err());
         assert!(validate(&DemoArgs::default()).is_ok());
     }
@@ -587,7 +655,9 @@ mod tests {
         let plans: Vec<_> = (0..200).map(|i| call_plan(&mut rng, i)).collect();
         let short = plans.iter().filter(|p| p.hold_for_ms < 8_000).count();
         assert!((20..=70).contains(&short), "{short}");
-        assert!(plans.iter().all(|p| (2_000..=25_000).contains(&p.hold_for_ms)));
+        assert!(plans
+            .iter()
+            .all(|p| (2_000..=25_000).contains(&p.hold_for_ms)));
     }
 
     /// The whole demo for ~8 s with 3 agents: calls are answered by agent

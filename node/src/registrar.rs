@@ -47,6 +47,33 @@ pub struct Binding {
     pub expires_at_ms: u64,
 }
 
+impl Binding {
+    /// Where to send requests to the phone. A Contact whose IP is the one the REGISTER came
+    /// from is used as written (the phone may listen on another port than it sent from);
+    /// any other Contact (a private address behind NAT, a name) is replaced by the
+    /// REGISTER's real source, the only address known to reach the phone.
+    pub fn target(&self) -> SocketAddr {
+        let contact = self
+            .contact
+            .trim_start_matches("sips:")
+            .trim_start_matches("sip:");
+        let host_port = contact
+            .rsplit_once('@')
+            .map(|(_, h)| h)
+            .unwrap_or(contact)
+            .split([';', '?', '>'])
+            .next()
+            .unwrap_or("");
+        match host_port.parse::<SocketAddr>() {
+            Ok(addr) if addr.ip() == self.source.ip() => addr,
+            _ => match host_port.parse::<std::net::IpAddr>() {
+                Ok(ip) if ip == self.source.ip() => SocketAddr::new(ip, 5060),
+                _ => self.source,
+            },
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RegisterOutcome {
     /// 401 with this WWW-Authenticate value.
@@ -312,6 +339,22 @@ mod tests {
         assert!(r.expire(61_999).is_empty());
         assert_eq!(r.expire(62_000), vec!["1001".to_string()]);
         assert_eq!(r.registered_count(), 0);
+    }
+
+    #[test]
+    fn binding_target_prefers_contact_on_the_source_ip_and_source_behind_nat() {
+        let b = |contact: &str| Binding {
+            contact: contact.into(),
+            source: "127.0.0.1:6001".parse().expect("addr"),
+            transport: SipTransport::Udp,
+            expires_at_ms: 0,
+        };
+        let t = |c: &str| b(c).target().to_string();
+        assert_eq!(t("sip:1001@127.0.0.1:5070"), "127.0.0.1:5070");
+        assert_eq!(t("sip:1001@127.0.0.1:5070;transport=udp"), "127.0.0.1:5070");
+        assert_eq!(t("sip:1001@127.0.0.1"), "127.0.0.1:5060");
+        assert_eq!(t("sip:1001@192.168.1.20:5060"), "127.0.0.1:6001");
+        assert_eq!(t("sip:1001@phone.example"), "127.0.0.1:6001");
     }
 
     #[test]

@@ -273,7 +273,7 @@ impl Call {
             caller,
             callee,
             contact,
-            destination: Some(sip::sip_addr(binding.source, binding.transport)),
+            destination: Some(sip::sip_addr(binding.target(), binding.transport)),
             content_type: Some("application/sdp".into()),
             offer: Some(offer.into_bytes()),
             ..Default::default()
