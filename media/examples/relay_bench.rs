@@ -37,7 +37,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             Codec::Pcmu,
             Some(caller.local_addr()?),
         ));
-        media.try_bridge(MediaLeg::new(pool.allocate()?, Codec::Pcmu, Some(agent.local_addr()?)))?;
+        media.try_bridge(MediaLeg::new(
+            pool.allocate()?,
+            Codec::Pcmu,
+            Some(agent.local_addr()?),
+        ))?;
         medias.push(media);
         let received = Arc::clone(&received);
         tokio::spawn(async move {
@@ -82,7 +86,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let sent_in = started.elapsed();
     tokio::time::sleep(Duration::from_millis(600)).await;
-    let relayed: u64 = medias.iter().map(|m| m.counters().caller_to_agent_packets).sum();
+    let relayed: u64 = medias
+        .iter()
+        .map(|m| m.counters().caller_to_agent_packets)
+        .sum();
     let got = received.load(std::sync::atomic::Ordering::Relaxed);
     let offered = (calls * per_call) as u64;
     println!(

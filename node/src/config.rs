@@ -207,7 +207,9 @@ impl Cidr {
         };
         match (self.addr, ip) {
             (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
                 u32::from(net) & mask == u32::from(ip) & mask
             }
             (IpAddr::V6(net), IpAddr::V6(ip)) => {
@@ -334,10 +336,7 @@ impl Config {
             ));
         }
         if self.rtp.port_min < 1024 {
-            return Err(bad(
-                "rtp.port_min".into(),
-                "must be 1024 or higher".into(),
-            ));
+            return Err(bad("rtp.port_min".into(), "must be 1024 or higher".into()));
         }
         for (i, trunk) in self.trunks.iter().enumerate() {
             if trunk.allow.is_empty() {
@@ -371,7 +370,8 @@ impl Config {
                             "a range of agents needs both `ids` and `password_prefix`".into(),
                         ));
                     };
-                    let (lo, hi) = parse_range(r).map_err(|p| bad(format!("agents[{i}].ids"), p))?;
+                    let (lo, hi) =
+                        parse_range(r).map_err(|p| bad(format!("agents[{i}].ids"), p))?;
                     (lo..=hi).map(|n| n.to_string()).collect()
                 }
                 _ => {
@@ -417,7 +417,10 @@ impl Config {
         let mut numbers = BTreeSet::new();
         for (i, n) in self.numbers.iter().enumerate() {
             if n.number.is_empty() {
-                return Err(bad(format!("numbers[{i}].number"), "must not be empty".into()));
+                return Err(bad(
+                    format!("numbers[{i}].number"),
+                    "must not be empty".into(),
+                ));
             }
             if !numbers.insert(n.number.clone()) {
                 return Err(bad(

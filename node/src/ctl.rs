@@ -29,9 +29,12 @@ pub async fn http_get(node: &str, path: &str) -> anyhow::Result<String> {
             .await?;
         parse_response(&raw)
     };
-    tokio::time::timeout(TIMEOUT, work)
-        .await
-        .with_context(|| format!("node at {node} did not answer within {}s", TIMEOUT.as_secs()))?
+    tokio::time::timeout(TIMEOUT, work).await.with_context(|| {
+        format!(
+            "node at {node} did not answer within {}s",
+            TIMEOUT.as_secs()
+        )
+    })?
 }
 
 fn parse_response(raw: &[u8]) -> anyhow::Result<String> {
@@ -46,10 +49,15 @@ fn parse_response(raw: &[u8]) -> anyhow::Result<String> {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .context("malformed HTTP status line")?;
-    let chunked = head
-        .lines()
-        .any(|l| l.to_ascii_lowercase().starts_with("transfer-encoding:") && l.to_ascii_lowercase().contains("chunked"));
-    let body = if chunked { dechunk(body)? } else { body.to_vec() };
+    let chunked = head.lines().any(|l| {
+        l.to_ascii_lowercase().starts_with("transfer-encoding:")
+            && l.to_ascii_lowercase().contains("chunked")
+    });
+    let body = if chunked {
+        dechunk(body)?
+    } else {
+        body.to_vec()
+    };
     let text = String::from_utf8(body).context("response is not UTF-8")?;
     if status != 200 {
         bail!("node answered HTTP {status}: {}", text.trim());
@@ -88,7 +96,15 @@ pub async fn cdr_list(node: &str, json: bool, limit: usize) -> anyhow::Result<()
     }
     println!(
         "{:<28} {:<14} {:<8} {:<10} {:<8} {:<11} {:>8} {:>9} {:<8}",
-        "CALL ID", "CALLER", "DIALLED", "QUEUE", "AGENT", "DISPOSITION", "WAIT S", "TALK S", "HANGUP"
+        "CALL ID",
+        "CALLER",
+        "DIALLED",
+        "QUEUE",
+        "AGENT",
+        "DISPOSITION",
+        "WAIT S",
+        "TALK S",
+        "HANGUP"
     );
     for c in &cdrs {
         let talk = c
@@ -124,9 +140,13 @@ mod tests {
     fn reads_plain_and_chunked_responses() {
         let plain = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n[]";
         assert_eq!(parse_response(plain).expect("plain"), "[]");
-        let chunked = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\n[1\r\n1\r\n]\r\n0\r\n\r\n";
+        let chunked =
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\n[1\r\n1\r\n]\r\n0\r\n\r\n";
         assert_eq!(parse_response(chunked).expect("chunked"), "[1]");
         let err = b"HTTP/1.1 500 Internal Server Error\r\n\r\nboom";
-        assert!(parse_response(err).expect_err("500").to_string().contains("boom"));
+        assert!(parse_response(err)
+            .expect_err("500")
+            .to_string()
+            .contains("boom"));
     }
 }

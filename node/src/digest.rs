@@ -76,7 +76,9 @@ pub fn challenge(realm: &str, nonce: &str, stale: bool) -> String {
 /// Parses the value of an Authorization header.
 pub fn parse_authorization(value: &str) -> Result<DigestCredentials, DigestError> {
     let value = value.trim();
-    let (scheme, rest) = value.split_once(char::is_whitespace).ok_or(DigestError::Malformed)?;
+    let (scheme, rest) = value
+        .split_once(char::is_whitespace)
+        .ok_or(DigestError::Malformed)?;
     if !scheme.eq_ignore_ascii_case("digest") {
         return Err(DigestError::NotDigest);
     }
@@ -127,10 +129,9 @@ pub fn expected_response(creds: &DigestCredentials, method: &str, password: &str
     let ha1 = hex_md5(&format!("{}:{}:{password}", creds.username, creds.realm));
     let ha2 = hex_md5(&format!("{method}:{}", creds.uri));
     match (&creds.qop, &creds.nc, &creds.cnonce) {
-        (Some(qop), Some(nc), Some(cnonce)) => hex_md5(&format!(
-            "{ha1}:{}:{nc}:{cnonce}:{qop}:{ha2}",
-            creds.nonce
-        )),
+        (Some(qop), Some(nc), Some(cnonce)) => {
+            hex_md5(&format!("{ha1}:{}:{nc}:{cnonce}:{qop}:{ha2}", creds.nonce))
+        }
         _ => hex_md5(&format!("{ha1}:{}:{ha2}", creds.nonce)),
     }
 }
@@ -242,7 +243,10 @@ mod tests {
         assert_eq!(c.cnonce.as_deref(), Some("x,y"));
         assert_eq!(c.qop.as_deref(), Some("auth"));
         assert_eq!(c.response, "abc");
-        assert_eq!(parse_authorization("Basic abc"), Err(DigestError::NotDigest));
+        assert_eq!(
+            parse_authorization("Basic abc"),
+            Err(DigestError::NotDigest)
+        );
         assert!(parse_authorization(r#"Digest username="a"#).is_err());
         assert_eq!(
             parse_authorization(r#"Digest realm="r", nonce="n", uri="u", response="r""#),

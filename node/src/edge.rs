@@ -55,9 +55,13 @@ fn retry_after() -> Header {
 async fn handle(shared: Arc<Shared>, mut tx: Transaction) {
     if let Err(problem) = sip::check_request(&tx.original) {
         info!(method = %tx.original.method, %problem, "malformed request");
-        shared.counters.sip_malformed.fetch_add(1, Ordering::Relaxed);
+        shared
+            .counters
+            .sip_malformed
+            .fetch_add(1, Ordering::Relaxed);
         if tx.original.method != Method::Ack {
-            let warning = Header::Warning(format!("399 carillon \"{}\"", problem.replace('"', "'")).into());
+            let warning =
+                Header::Warning(format!("399 carillon \"{}\"", problem.replace('"', "'")).into());
             sip::reply(&mut tx, StatusCode::BadRequest, vec![warning]).await;
         }
         return;
@@ -90,9 +94,7 @@ async fn handle(shared: Arc<Shared>, mut tx: Transaction) {
         Method::Invite => invite(shared, tx).await,
         Method::Options => sip::reply(&mut tx, StatusCode::OK, vec![]).await,
         Method::Ack => {}
-        Method::Bye => {
-            sip::reply(&mut tx, StatusCode::CallTransactionDoesNotExist, vec![]).await
-        }
+        Method::Bye => sip::reply(&mut tx, StatusCode::CallTransactionDoesNotExist, vec![]).await,
         _ => {
             let allow = Header::Allow("INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER".into());
             sip::reply(&mut tx, StatusCode::MethodNotAllowed, vec![allow]).await
@@ -122,7 +124,11 @@ async fn register(shared: &Shared, tx: &mut Transaction) {
     {
         Some(ContactSpec::Wildcard)
     } else {
-        match req.contact_header().and_then(|c| rsip::typed::Contact::parse(c.value())).map(|c| c.uri) {
+        match req
+            .contact_header()
+            .and_then(|c| rsip::typed::Contact::parse(c.value()))
+            .map(|c| c.uri)
+        {
             Ok(uri) => Some(ContactSpec::Uri(uri.to_string())),
             Err(_) => {
                 sip::reply(tx, StatusCode::BadRequest, vec![]).await;
@@ -202,7 +208,9 @@ async fn register(shared: &Shared, tx: &mut Transaction) {
             let headers = binding
                 .map(|b| {
                     let left = b.expires_at_ms.saturating_sub(now) / 1000;
-                    vec![Header::Contact(format!("<{}>;expires={left}", b.contact).into())]
+                    vec![Header::Contact(
+                        format!("<{}>;expires={left}", b.contact).into(),
+                    )]
                 })
                 .unwrap_or_default();
             sip::reply(tx, StatusCode::OK, headers).await;
@@ -249,7 +257,7 @@ async fn invite(shared: Arc<Shared>, mut tx: Transaction) {
         return;
     };
     let caller = sip::from_user(&tx.original).unwrap_or_default();
-    if shared.config.blacklist.callers.iter().any(|b| *b == caller) {
+    if shared.config.blacklist.callers.contains(&caller) {
         info!(%caller, %trunk, "blacklisted caller refused");
         sip::reply(&mut tx, StatusCode::Forbidden, vec![]).await;
         return;
@@ -288,14 +296,15 @@ async fn invite(shared: Arc<Shared>, mut tx: Transaction) {
             return;
         }
     };
-    let (answer_sdp, codec) = match sdp::answer(&offer, port.local_addr(), &[Codec::Pcmu, Codec::Pcma]) {
-        Ok(x) => x,
-        Err(e) => {
-            info!(%caller, error = %e, "no common codec");
-            sip::reply(&mut tx, StatusCode::NotAcceptableHere, vec![]).await;
-            return;
-        }
-    };
+    let (answer_sdp, codec) =
+        match sdp::answer(&offer, port.local_addr(), &[Codec::Pcmu, Codec::Pcma]) {
+            Ok(x) => x,
+            Err(e) => {
+                info!(%caller, error = %e, "no common codec");
+                sip::reply(&mut tx, StatusCode::NotAcceptableHere, vec![]).await;
+                return;
+            }
+        };
     let remote = offer.audio_addr();
     let sip_call_id = tx
         .original
@@ -311,18 +320,19 @@ async fn invite(shared: Arc<Shared>, mut tx: Transaction) {
         }
     };
     let (state_tx, state_rx) = shared.sip.dialogs.new_dialog_state_channel();
-    let mut dialog = match shared
-        .sip
-        .dialogs
-        .get_or_create_server_invite(&tx, state_tx, None, Some(contact))
-    {
-        Ok(d) => d,
-        Err(e) => {
-            warn!(error = %e, "cannot create the caller dialog");
-            sip::reply(&mut tx, StatusCode::ServerInternalError, vec![]).await;
-            return;
-        }
-    };
+    let mut dialog =
+        match shared
+            .sip
+            .dialogs
+            .get_or_create_server_invite(&tx, state_tx, None, Some(contact))
+        {
+            Ok(d) => d,
+            Err(e) => {
+                warn!(error = %e, "cannot create the caller dialog");
+                sip::reply(&mut tx, StatusCode::ServerInternalError, vec![]).await;
+                return;
+            }
+        };
     let caller_dialog = dialog.clone();
     let events = shared.routing.subscribe(&call_id);
     let ct = Header::ContentType("application/sdp".into());
@@ -363,7 +373,10 @@ mod tests {
 
     #[test]
     fn contact_expires_is_read_from_params_after_the_uri() {
-        assert_eq!(contact_expires_param("<sip:1001@1.2.3.4;x=1>;expires=60"), Some(60));
+        assert_eq!(
+            contact_expires_param("<sip:1001@1.2.3.4;x=1>;expires=60"),
+            Some(60)
+        );
         assert_eq!(contact_expires_param("<sip:1001@1.2.3.4;expires=9>"), None);
         assert_eq!(contact_expires_param("sip:1001@1.2.3.4;expires=0"), Some(0));
         assert_eq!(contact_expires_param("<sip:1001@1.2.3.4>"), None);

@@ -6,7 +6,11 @@ use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
-#[command(name = "carillon", version, about = "Carillon: a distributed contact center")]
+#[command(
+    name = "carillon",
+    version,
+    about = "Carillon: a distributed contact center"
+)]
 struct Cli {
     /// Log as JSON lines instead of text.
     #[arg(long, global = true)]
@@ -56,7 +60,8 @@ enum CdrCmd {
 }
 
 fn init_logs(json: bool, default: &str) {
-    let filter = EnvFilter::try_from_env("CARILLON_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    let filter =
+        EnvFilter::try_from_env("CARILLON_LOG").unwrap_or_else(|_| EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

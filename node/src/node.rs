@@ -169,9 +169,8 @@ impl Node {
         let records: Arc<dyn RecordStore> =
             Arc::new(RedbRecordStore::open(&data_dir.join("records.redb"))?);
         let hold_path = config.hold_music_path();
-        let hold_music = Arc::new(
-            Prompt::load_wav(&hold_path).with_context(|| "media.hold_music".to_string())?,
-        );
+        let hold_music =
+            Arc::new(Prompt::load_wav(&hold_path).with_context(|| "media.hold_music".to_string())?);
         let ports = PortPool::new(config.rtp.ip, config.rtp.port_min, config.rtp.port_max)
             .context("rtp: cannot set up the port pool")?;
         let (sip, incoming) = SipStack::start(config.sip.listen).await?;
@@ -212,11 +211,12 @@ impl Node {
         });
         let http = crate::http::bind(shared.config.http.listen).await?;
         let http_addr = http.local_addr()?;
-        let mut tasks = Vec::new();
-        tasks.push(tokio::spawn(crate::edge::dispatch(shared.clone(), incoming)));
-        tasks.push(tokio::spawn(ticker(shared.clone())));
-        tasks.push(tokio::spawn(expiry_sweeper(shared.clone())));
-        tasks.push(tokio::spawn(crate::http::serve(http, shared.clone())));
+        let tasks = vec![
+            tokio::spawn(crate::edge::dispatch(shared.clone(), incoming)),
+            tokio::spawn(ticker(shared.clone())),
+            tokio::spawn(expiry_sweeper(shared.clone())),
+            tokio::spawn(crate::http::serve(http, shared.clone())),
+        ];
         info!(
             node = %shared.node_id,
             sip = %shared.sip.listen,
@@ -237,7 +237,10 @@ impl NodeHandle {
     }
 
     pub fn cdrs(&self) -> Vec<Cdr> {
-        self.shared.records.list_cdrs(0, usize::MAX).unwrap_or_default()
+        self.shared
+            .records
+            .list_cdrs(0, usize::MAX)
+            .unwrap_or_default()
     }
 
     pub fn http_addr(&self) -> SocketAddr {

@@ -292,9 +292,19 @@ mod tests {
         let ch = r.register(&request(None, Some(120)), 1_000);
         let auth = answer(&ch, "1001", "pw1001");
         let out = r.register(&request(Some(auth.clone()), Some(120)), 1_100);
-        assert!(matches!(out, RegisterOutcome::Registered { first: true, expires_s: 120, .. }));
+        assert!(matches!(
+            out,
+            RegisterOutcome::Registered {
+                first: true,
+                expires_s: 120,
+                ..
+            }
+        ));
         let out = r.register(&request(Some(auth.clone()), Some(120)), 2_000);
-        assert!(matches!(out, RegisterOutcome::Registered { first: false, .. }));
+        assert!(matches!(
+            out,
+            RegisterOutcome::Registered { first: false, .. }
+        ));
         assert_eq!(r.binding("1001").map(|b| b.expires_at_ms), Some(122_000));
         let out = r.register(&request(Some(auth), Some(0)), 3_000);
         assert_eq!(
@@ -312,14 +322,25 @@ mod tests {
         let mut r = registrar();
         let ch = r.register(&request(None, None), 1_000);
         let out = r.register(&request(Some(answer(&ch, "1001", "nope")), None), 1_000);
-        assert_eq!(out, RegisterOutcome::Forbidden { reason: "wrong password" });
+        assert_eq!(
+            out,
+            RegisterOutcome::Forbidden {
+                reason: "wrong password"
+            }
+        );
         let mut req = request(Some(answer(&ch, "9999", "pw9999")), None);
         req.agent = "9999".into();
-        assert!(matches!(r.register(&req, 1_000), RegisterOutcome::Forbidden { .. }));
+        assert!(matches!(
+            r.register(&req, 1_000),
+            RegisterOutcome::Forbidden { .. }
+        ));
         // One agent's credentials cannot change another agent's binding.
         let mut req = request(Some(answer(&ch, "1001", "pw1001")), None);
         req.agent = "1002".into();
-        assert!(matches!(r.register(&req, 1_000), RegisterOutcome::Forbidden { .. }));
+        assert!(matches!(
+            r.register(&req, 1_000),
+            RegisterOutcome::Forbidden { .. }
+        ));
     }
 
     #[test]
@@ -361,7 +382,16 @@ mod tests {
     fn expiry_is_capped() {
         let mut r = registrar();
         let ch = r.register(&request(None, None), 0);
-        let out = r.register(&request(Some(answer(&ch, "1001", "pw1001")), Some(999_999)), 0);
-        assert!(matches!(out, RegisterOutcome::Registered { expires_s: 3600, .. }));
+        let out = r.register(
+            &request(Some(answer(&ch, "1001", "pw1001")), Some(999_999)),
+            0,
+        );
+        assert!(matches!(
+            out,
+            RegisterOutcome::Registered {
+                expires_s: 3600,
+                ..
+            }
+        ));
     }
 }

@@ -79,7 +79,9 @@ impl RoutingLog {
                         tracing::error!(call_id = %call, error = %e, "call task is not taking routing events");
                     }
                 }
-                None => tracing::debug!(call_id = %call, "routing event for a call this node does not own"),
+                None => {
+                    tracing::debug!(call_id = %call, "routing event for a call this node does not own")
+                }
             }
         }
         Ok(())

@@ -48,7 +48,6 @@ enum Phase {
         dialog: InviteDialog,
     },
     Connected {
-        agent: String,
         dialog: InviteDialog,
     },
     Ending,
@@ -163,7 +162,10 @@ impl Call {
         match ev {
             Event::Offered { agent, .. } => self.ring(agent).await,
             Event::OfferRevoked { agent, reason, .. } => {
-                if let Phase::Ringing { agent: a, dialog, .. } = &self.phase {
+                if let Phase::Ringing {
+                    agent: a, dialog, ..
+                } = &self.phase
+                {
                     if *a == agent {
                         info!(%agent, ?reason, "offer revoked, cancelling the agent leg");
                         let dialog = dialog.clone();
@@ -281,7 +283,8 @@ impl Call {
     }
 
     async fn on_leg(&mut self, mut leg: LegOutcome) {
-        let current = matches!(&self.phase, Phase::Ringing { attempt, .. } if *attempt == leg.attempt);
+        let current =
+            matches!(&self.phase, Phase::Ringing { attempt, .. } if *attempt == leg.attempt);
         let answered = matches!(&leg.result, Ok(r) if r.status_code.kind() == rsip::StatusCodeKind::Successful);
         if !current {
             // An offer we already gave up on (ring timeout, caller gone). If the phone
@@ -310,7 +313,8 @@ impl Call {
                 info!(agent = %leg.agent, error = %e, "agent leg failed");
                 self.phase = Phase::Waiting;
                 self.agent_states = None;
-                self.offer_failed(&leg.agent, OfferFailure::Unreachable).await;
+                self.offer_failed(&leg.agent, OfferFailure::Unreachable)
+                    .await;
                 return;
             }
         };
@@ -336,10 +340,7 @@ impl Call {
         self.media
             .bridge(MediaLeg::new(port, codec, Some(remote_addr)));
         let agent = leg.agent.clone();
-        self.phase = Phase::Connected {
-            agent: agent.clone(),
-            dialog: leg.dialog,
-        };
+        self.phase = Phase::Connected { dialog: leg.dialog };
         info!(%agent, "agent answered; legs bridged");
         let cmd = Command::Connected {
             call: self.id.clone(),
@@ -366,7 +367,10 @@ impl Call {
                 let body = (req.method == rsip::Method::Invite)
                     .then(|| self.answer_sdp.clone().into_bytes());
                 let headers = body.as_ref().map(|_| vec![ct]);
-                handle.respond(rsip::StatusCode::OK, headers, body).await.ok();
+                handle
+                    .respond(rsip::StatusCode::OK, headers, body)
+                    .await
+                    .ok();
             }
             _ => {}
         }
@@ -376,7 +380,12 @@ impl Call {
         match st {
             DialogState::Terminated(_, reason) => {
                 if let Phase::Connected { .. } = self.phase {
-                    if matches!(reason, TerminatedReason::UacBye | TerminatedReason::UasBye | TerminatedReason::Timeout) {
+                    if matches!(
+                        reason,
+                        TerminatedReason::UacBye
+                            | TerminatedReason::UasBye
+                            | TerminatedReason::Timeout
+                    ) {
                         info!("agent hung up");
                         self.agent_states = None;
                         self.hang_up_caller_after_agent().await;
@@ -386,7 +395,10 @@ impl Call {
             DialogState::Updated(_, req, handle) => {
                 let ct = rsip::Header::ContentType("application/sdp".into());
                 let _ = req;
-                handle.respond(rsip::StatusCode::OK, Some(vec![ct]), None).await.ok();
+                handle
+                    .respond(rsip::StatusCode::OK, Some(vec![ct]), None)
+                    .await
+                    .ok();
             }
             _ => {}
         }
@@ -516,7 +528,10 @@ impl Call {
 
     fn finish_without_record(&mut self) {
         self.shared.routing.unsubscribe(&self.id);
-        self.shared.sip.dialogs.remove_dialog(&self.caller_dialog.id());
+        self.shared
+            .sip
+            .dialogs
+            .remove_dialog(&self.caller_dialog.id());
         self.media.stop();
     }
 }

@@ -172,9 +172,7 @@ pub fn has_to_tag(req: &Request) -> Result<bool, String> {
 pub fn check_request(req: &Request) -> Result<(), String> {
     req.call_id_header()
         .map_err(|_| "missing Call-ID".to_string())?;
-    let cseq = req
-        .cseq_header()
-        .map_err(|_| "missing CSeq".to_string())?;
+    let cseq = req.cseq_header().map_err(|_| "missing CSeq".to_string())?;
     cseq.seq().map_err(|e| format!("bad CSeq: {e}"))?;
     let method = cseq.method().map_err(|e| format!("bad CSeq: {e}"))?;
     if method != req.method {
