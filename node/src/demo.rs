@@ -443,20 +443,25 @@ fn live_view(
         status["sip"].as_str().unwrap_or("?")
     );
     let _ = writeln!(s);
-    let _ = writeln!(s, "calls    waiting {waiting:>4}   ringing {offering:>4}   talking {connected:>4}   active legs {:>4}   longest wait {:.1} s",
-        n(&calls["active"]), longest as f64 / 1000.0);
     let _ = writeln!(
         s,
-        "totals   placed {:>5}   answered {:>5}   abandoned {:>5}   lost {:>4}   refused {:>4}",
-        cs.calls_placed,
-        n(&calls["answered"]),
-        n(&calls["abandoned"]),
-        n(&calls["lost"]),
-        cs.calls_refused
+        "now      waiting {waiting:>4}   ringing an agent {offering:>4}   talking {connected:>4}   \
+         calls at the node {:>4}   longest wait {:.1} s",
+        n(&calls["active"]),
+        longest as f64 / 1000.0
     );
     let _ = writeln!(
         s,
-        "rtp      relayed by node {:>8}   caller sent/heard {:>7}/{:<7}",
+        "placed   {:>5} calls ({} refused)   ended: answered {:>5}   abandoned {:>5}   lost {:>4}",
+        cs.calls_placed,
+        cs.calls_refused,
+        n(&calls["answered"]),
+        n(&calls["abandoned"]),
+        n(&calls["lost"]),
+    );
+    let _ = writeln!(
+        s,
+        "rtp      relayed by the node (ended calls) {:>8}   trunk sent/heard {:>7}/{:<7}",
         n(&calls["rtp_relayed"]),
         cs.rtp_sent,
         cs.rtp_received
@@ -658,6 +663,70 @@ mod tests {
         assert!(plans
             .iter()
             .all(|p| (2_000..=25_000).contains(&p.hold_for_ms)));
+    }
+
+    /// Phones against a real node: digest registration, refresh before expiry,
+    /// a wrong password refused, unregister on stop, and the node's refusals
+    /// reaching the caller.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn phones_register_refresh_and_get_refused_properly() {
+        let args = DemoArgs {
+            agents: 2,
+            ..DemoArgs::default()
+        };
+        let dir = DemoDir::create(11).expect("temp dir");
+        let mut config = demo_config(&args, dir.path()).expect("demo config");
+        config.blacklist.callers = vec!["666".to_string()];
+        let node = Node::start(config).await.expect("node starts");
+        let cancel = CancellationToken::new();
+
+        let mut good = AgentPhoneConfig::new("1001", "pw1001");
+        good.registrar = Some(node.sip_addr());
+        good.register_expires_s = 2;
+        let good = AgentPhone::start(good, &cancel)
+            .await
+            .expect("phone starts");
+        good.wait_registered(Duration::from_secs(5))
+            .await
+            .expect("right password registers");
+
+        let mut bad = AgentPhoneConfig::new("1002", "wrong");
+        bad.registrar = Some(node.sip_addr());
+        let bad = AgentPhone::start(bad, &cancel).await.expect("phone starts");
+        match bad.wait_registered(Duration::from_secs(5)).await {
+            Err(crate::sim::SimError::RegisterRefused { status, .. }) => assert_eq!(status, 403),
+            other => panic!("wrong password should be refused with 403, got {other:?}"),
+        }
+        assert_eq!(node.status()["agents_registered"], 1, "{}", node.status());
+
+        // Granted 2 s, refreshed at 75%: a second REGISTER within ~3 s.
+        tokio::time::sleep(Duration::from_millis(3_000)).await;
+        assert!(good.stats().registrations_ok >= 2, "{:?}", good.stats());
+        assert!(good.stats().registered);
+
+        let caller = Caller::start(CallerConfig::new(node.sip_addr()), &cancel)
+            .await
+            .expect("caller starts");
+        let unknown = CallPlan {
+            number: "999".to_string(),
+            from_user: None,
+            hold_for_ms: 3_000,
+        };
+        let outcome = caller.call(&unknown).await.expect("call returns");
+        assert_eq!(outcome.final_status, Some(404), "{outcome:?}");
+        let blacklisted = CallPlan {
+            number: DEMO_NUMBER.to_string(),
+            from_user: Some("666".to_string()),
+            hold_for_ms: 3_000,
+        };
+        let outcome = caller.call(&blacklisted).await.expect("call returns");
+        assert_eq!(outcome.final_status, Some(403), "{outcome:?}");
+
+        good.stop().await;
+        assert_eq!(node.status()["agents_registered"], 0, "{}", node.status());
+        bad.stop().await;
+        cancel.cancel();
+        node.shutdown().await;
     }
 
     /// The whole demo for ~8 s with 3 agents: calls are answered by agent

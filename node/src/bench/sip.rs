@@ -167,22 +167,48 @@ async fn bench(args: &SipBenchArgs, work: &Path, procs: &mut Procs) -> anyhow::R
             text.push_str(&format!("{id};{password_prefix}{id};\n"));
         }
         fs::write(&csv, text)?;
-        let out = sipp(&scenarios, work, &format!("register{phone}"), Some(addrs.sip), free_port()?)
-            .scenario("register.xml")
-            .args(["-inf", &csv.display().to_string()])
-            .args(["-key", "contact_port", &sip_port.to_string(), "-key", "expires", "3600"])
-            .args(["-m", &count.to_string(), "-r", &REGISTER_RATE_PER_S.to_string()])
-            .args(["-l", &count.to_string()])
-            .run(Duration::from_secs(10 + u64::from(count / REGISTER_RATE_PER_S)))
-            .await?;
+        let out = sipp(
+            &scenarios,
+            work,
+            &format!("register{phone}"),
+            Some(addrs.sip),
+            free_port()?,
+        )
+        .scenario("register.xml")
+        .args(["-inf", &csv.display().to_string()])
+        .args([
+            "-key",
+            "contact_port",
+            &sip_port.to_string(),
+            "-key",
+            "expires",
+            "3600",
+        ])
+        .args([
+            "-m",
+            &count.to_string(),
+            "-r",
+            &REGISTER_RATE_PER_S.to_string(),
+        ])
+        .args(["-l", &count.to_string()])
+        .run(Duration::from_secs(
+            10 + u64::from(count / REGISTER_RATE_PER_S),
+        ))
+        .await?;
         if out.code != Some(0) {
-            bail!("registering agents {first}-{}: {}", first + count - 1, out.describe());
+            bail!(
+                "registering agents {first}-{}: {}",
+                first + count - 1,
+                out.describe()
+            );
         }
         registered += count;
     }
     let ready_by = Instant::now() + Duration::from_secs(30);
     loop {
-        let ready = status(&http).await?["acd"]["agents"]["ready"].as_u64().unwrap_or(0);
+        let ready = status(&http).await?["acd"]["agents"]["ready"]
+            .as_u64()
+            .unwrap_or(0);
         if ready >= u64::from(registered) {
             break;
         }
@@ -205,15 +231,26 @@ async fn bench(args: &SipBenchArgs, work: &Path, procs: &mut Procs) -> anyhow::R
             break;
         }
         let calls = rate * args.step_load_s;
-        let step_timeout_s = (u64::from(args.step_load_s) + u64::from(args.call_ms / 1000) + 8)
-            .min(STEP_TIMEOUT_S);
-        let mut caller = sipp(&scenarios, work, &format!("callers{rate}"), Some(addrs.sip), free_port()?)
-            .scenario("caller.xml")
-            .args(["-s", &number, "-key", "caller", "5550000"])
-            .args(["-mp", &caller_media_port.to_string(), "-d", &args.call_ms.to_string()])
-            .args(["-r", &rate.to_string(), "-m", &calls.to_string()])
-            .args(["-timeout", &format!("{step_timeout_s}s"), "-timeout_error"])
-            .spawn_alone()?;
+        let step_timeout_s =
+            (u64::from(args.step_load_s) + u64::from(args.call_ms / 1000) + 8).min(STEP_TIMEOUT_S);
+        let mut caller = sipp(
+            &scenarios,
+            work,
+            &format!("callers{rate}"),
+            Some(addrs.sip),
+            free_port()?,
+        )
+        .scenario("caller.xml")
+        .args(["-s", &number, "-key", "caller", "5550000"])
+        .args([
+            "-mp",
+            &caller_media_port.to_string(),
+            "-d",
+            &args.call_ms.to_string(),
+        ])
+        .args(["-r", &rate.to_string(), "-m", &calls.to_string()])
+        .args(["-timeout", &format!("{step_timeout_s}s"), "-timeout_error"])
+        .spawn_alone()?;
         let step_deadline = Instant::now() + Duration::from_secs(step_timeout_s + 5);
         let exit = loop {
             if let Some(status) = caller.child.try_wait()? {
@@ -227,7 +264,10 @@ async fn bench(args: &SipBenchArgs, work: &Path, procs: &mut Procs) -> anyhow::R
                 let active = s["calls"]["active"].as_u64().unwrap_or(0);
                 if active > peak.active {
                     if let Ok(rss) = rss_kib(node_pid) {
-                        peak = Peak { active, rss_kib: rss };
+                        peak = Peak {
+                            active,
+                            rss_kib: rss,
+                        };
                     }
                 }
             }
@@ -275,14 +315,20 @@ async fn bench(args: &SipBenchArgs, work: &Path, procs: &mut Procs) -> anyhow::R
     }
 
     post_dial_ms.sort_unstable();
-    let rss_per_call_kib = if peak.active > 0 {
-        peak.rss_kib.saturating_sub(rss_idle_kib) / peak.active
-    } else {
-        0
-    };
+    let rss_per_call_kib = peak
+        .rss_kib
+        .saturating_sub(rss_idle_kib)
+        .checked_div(peak.active)
+        .unwrap_or(0);
     println!("bench: sip_cps_zero_fail {best_cps} calls/s");
-    println!("bench: post_dial_p50_ms {} ms", percentile(&post_dial_ms, 50));
-    println!("bench: post_dial_p99_ms {} ms", percentile(&post_dial_ms, 99));
+    println!(
+        "bench: post_dial_p50_ms {} ms",
+        percentile(&post_dial_ms, 50)
+    );
+    println!(
+        "bench: post_dial_p99_ms {} ms",
+        percentile(&post_dial_ms, 99)
+    );
     println!("bench: rss_per_call_kib {rss_per_call_kib} KiB");
     eprintln!(
         "bench: (RSS {rss_idle_kib} KiB idle, {} KiB at {} concurrent calls; {} post-dial \
@@ -340,7 +386,10 @@ fn workspace_dir() -> PathBuf {
 fn scenarios_dir(args: &SipBenchArgs) -> anyhow::Result<PathBuf> {
     let candidates = match &args.scenarios {
         Some(dir) => vec![dir.clone()],
-        None => vec![PathBuf::from("tests/sipp"), workspace_dir().join("tests/sipp")],
+        None => vec![
+            PathBuf::from("tests/sipp"),
+            workspace_dir().join("tests/sipp"),
+        ],
     };
     candidates
         .into_iter()
@@ -394,7 +443,10 @@ fn prepare_config(config: &mut toml::Table, base: &Path, work: &Path) -> anyhow:
     for (_, section) in config.iter_mut() {
         if let toml::Value::Table(t) = section {
             if t.contains_key("listen") {
-                t.insert("listen".into(), format!("127.0.0.1:{}", free_port()?).into());
+                t.insert(
+                    "listen".into(),
+                    format!("127.0.0.1:{}", free_port()?).into(),
+                );
             }
         }
     }
@@ -413,7 +465,12 @@ fn prepare_config(config: &mut toml::Table, base: &Path, work: &Path) -> anyhow:
             t.insert(key.into(), value);
         }
     };
-    set(config, "node", "data_dir", work.join("data").display().to_string().into());
+    set(
+        config,
+        "node",
+        "data_dir",
+        work.join("data").display().to_string().into(),
+    );
     set(config, "rtp", "ip", "127.0.0.1".into());
     set(config, "rtp", "port_min", i64::from(rtp_min).into());
     set(config, "rtp", "port_max", i64::from(rtp_max).into());
@@ -501,7 +558,10 @@ async fn wait_healthy(http: &str, limit: Duration) -> anyhow::Result<()> {
             return Ok(());
         }
         if Instant::now() > deadline {
-            bail!("node not healthy on http://{http}/health after {} s", limit.as_secs());
+            bail!(
+                "node not healthy on http://{http}/health after {} s",
+                limit.as_secs()
+            );
         }
         sleep(Duration::from_millis(100)).await;
     }
@@ -555,7 +615,13 @@ struct SippCmd {
     args: Vec<String>,
 }
 
-fn sipp(scenarios: &Path, work: &Path, label: &str, target: Option<SocketAddr>, port: u16) -> SippCmd {
+fn sipp(
+    scenarios: &Path,
+    work: &Path,
+    label: &str,
+    target: Option<SocketAddr>,
+    port: u16,
+) -> SippCmd {
     let mut args: Vec<String> = target.map(|t| t.to_string()).into_iter().collect();
     args.extend(
         [
@@ -568,7 +634,10 @@ fn sipp(scenarios: &Path, work: &Path, label: &str, target: Option<SocketAddr>, 
             "-nostdin",
             "-trace_err",
             "-error_file",
-            &work.join(format!("{label}.errors.log")).display().to_string(),
+            &work
+                .join(format!("{label}.errors.log"))
+                .display()
+                .to_string(),
         ]
         .map(String::from),
     );
