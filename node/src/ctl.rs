@@ -15,12 +15,21 @@ const TIMEOUT: Duration = Duration::from_secs(30);
 
 /// GETs `path` from the node at `node` (HOST:PORT) and returns the body.
 pub async fn http_get(node: &str, path: &str) -> anyhow::Result<String> {
+    http_request(node, "GET", path).await
+}
+
+/// POSTs (with no body) to `path` and returns the response body.
+pub async fn http_post(node: &str, path: &str) -> anyhow::Result<String> {
+    http_request(node, "POST", path).await
+}
+
+async fn http_request(node: &str, method: &str, path: &str) -> anyhow::Result<String> {
     let work = async {
         let mut stream = TcpStream::connect(node)
             .await
             .with_context(|| format!("cannot reach node at {node} (is it running? see --node)"))?;
         let request =
-            format!("GET {path} HTTP/1.1\r\nHost: {node}\r\nConnection: close\r\nAccept: application/json\r\n\r\n");
+            format!("{method} {path} HTTP/1.1\r\nHost: {node}\r\nConnection: close\r\nContent-Length: 0\r\nAccept: application/json\r\n\r\n");
         stream.write_all(request.as_bytes()).await?;
         let mut raw = Vec::new();
         (&mut stream)

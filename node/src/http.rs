@@ -3,10 +3,10 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::{Query, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use tokio::net::TcpListener;
@@ -27,6 +27,8 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
         .route("/health", get(|| async { "ok" }))
         .route("/api/status", get(status))
         .route("/api/cdrs", get(cdrs))
+        .route("/api/agents/{agent}/ready", post(agent_ready))
+        .route("/api/agents/{agent}/not-ready", post(agent_not_ready))
         .with_state(shared);
     if let Err(e) = axum::serve(listener, app).await {
         tracing::error!(error = %e, "HTTP server stopped");
@@ -48,5 +50,41 @@ async fn cdrs(State(shared): State<Arc<Shared>>, Query(q): Query<CdrQuery>) -> R
     match shared.records.list_cdrs(q.since_ms.unwrap_or(0), limit) {
         Ok(list) => Json(list).into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+struct ReasonQuery {
+    reason: Option<String>,
+}
+
+async fn agent_ready(State(shared): State<Arc<Shared>>, Path(agent): Path<String>) -> Response {
+    let cmd = carillon_routing::Command::AgentReady {
+        agent: agent.clone(),
+        at: crate::clock::now_ms(),
+    };
+    agent_command(&shared, &agent, cmd).await
+}
+
+async fn agent_not_ready(
+    State(shared): State<Arc<Shared>>,
+    Path(agent): Path<String>,
+    Query(q): Query<ReasonQuery>,
+) -> Response {
+    let cmd = carillon_routing::Command::AgentNotReady {
+        agent: agent.clone(),
+        reason: q.reason.unwrap_or_else(|| "break".into()),
+        at: crate::clock::now_ms(),
+    };
+    agent_command(&shared, &agent, cmd).await
+}
+
+async fn agent_command(shared: &Shared, agent: &str, cmd: carillon_routing::Command) -> Response {
+    match shared.routing.propose(cmd).await {
+        Ok(()) => {
+            let state = shared.routing.agent_state(agent);
+            Json(serde_json::json!({ "agent": agent, "state": state })).into_response()
+        }
+        Err(e) => (StatusCode::CONFLICT, e.to_string()).into_response(),
     }
 }

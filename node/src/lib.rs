@@ -4,7 +4,9 @@
 //! Modules: `config` (TOML), `sip` (our one adapter around rsipstack), `edge` (every new
 //! SIP request: admission, registrar, trunk checks), `registrar` and `digest` (agent
 //! phones), `call` (the B2BUA call task), `routing_log` (the path to the routing state
-//! machine), `http` (health, status, CDRs), `ctl` (the admin client), `node` (wiring).
+//! machine), `http` (health, status, CDRs), `ctl` (the admin client), `node` (wiring),
+//! `sim` and `demo` (simulated phones and callers, real SIP/RTP clients over rsipstack used
+//! by `carillon demo` and tests, not by the node's own SIP path), `bench` (benchmarks).
 //! The ACD itself lives in `carillon-routing`, RTP in `carillon-media`, records in
 //! `carillon-ops`.
 

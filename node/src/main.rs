@@ -26,6 +26,9 @@ enum Cmd {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Run a complete demo center on this machine: a node, simulated agent phones and
+    /// callers over real SIP and RTP on loopback, and a live view.
+    Demo(carillon::demo::DemoArgs),
     /// Administer a running node.
     Ctl {
         /// The node's HTTP address (HOST:PORT).
@@ -45,6 +48,23 @@ enum CtlCmd {
     },
     /// The node's live status as JSON.
     Status,
+    /// Agent state: make an agent ready or not ready.
+    Agent {
+        #[command(subcommand)]
+        action: AgentCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum AgentCmd {
+    /// Make a logged-in agent ready to take calls.
+    Ready { agent: String },
+    /// Make an agent not ready, with a reason code.
+    NotReady {
+        agent: String,
+        #[arg(long, default_value = "break")]
+        reason: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -83,6 +103,10 @@ async fn main() -> std::process::ExitCode {
             init_logs(cli.log_json, NODE_LOG);
             run(config).await
         }
+        Cmd::Demo(args) => {
+            init_logs(cli.log_json, "warn,rsipstack=error");
+            carillon::demo::run(args).await
+        }
         Cmd::Ctl { node, what } => {
             init_logs(cli.log_json, "warn");
             match what {
@@ -92,6 +116,17 @@ async fn main() -> std::process::ExitCode {
                 CtlCmd::Status => carillon::ctl::http_get(&node, "/api/status")
                     .await
                     .map(|body| println!("{body}")),
+                CtlCmd::Agent { action } => {
+                    let path = match action {
+                        AgentCmd::Ready { agent } => format!("/api/agents/{agent}/ready"),
+                        AgentCmd::NotReady { agent, reason } => {
+                            format!("/api/agents/{agent}/not-ready?reason={reason}")
+                        }
+                    };
+                    carillon::ctl::http_post(&node, &path)
+                        .await
+                        .map(|body| println!("{body}"))
+                }
             }
         }
     };

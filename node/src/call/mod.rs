@@ -182,6 +182,11 @@ impl Call {
 
     /// Places the agent leg for an offer.
     async fn ring(&mut self, agent: String) {
+        if matches!(self.phase, Phase::Ending) {
+            // The offer crossed our hang-up: the Abandon/Ended already applied revoked it.
+            debug!(%agent, "offer arrived after the caller left; ignoring");
+            return;
+        }
         if !matches!(self.phase, Phase::Waiting) {
             warn!(%agent, "offered while not waiting; refusing the offer");
             self.offer_failed(&agent, OfferFailure::Rejected).await;
