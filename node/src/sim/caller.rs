@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use carillon_media::Codec;
 use rsipstack::dialog::invitation::InviteOption;
 use rsipstack::sip::StatusCodeKind;
 use rsipstack::transport::SipAddr;
@@ -21,7 +22,7 @@ use tracing::debug;
 
 use super::agent_phone::wait_terminated;
 use super::rng::SimRng;
-use super::rtp::{Audio, Codec, RtpCounters, RtpSocket};
+use super::rtp::{Audio, RtpCounters, RtpSocket};
 use super::sdp;
 use super::ua::{uri, Ua};
 use super::SimError;

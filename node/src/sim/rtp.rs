@@ -1,4 +1,7 @@
-//! RTP for simulated phones: G.711 encoding, packet framing and a paced media loop.
+//! RTP for simulated phones: audio frames, packet framing and a paced media loop.
+//!
+//! G.711 and the RTP header layout come from carillon-media; this module only
+//! decides what a phone sends and when.
 //!
 //! A phone sends one 20 ms frame (160 samples at 8 kHz) per tick from the same
 //! socket it receives on, so a relay that latches onto the source address finds
@@ -10,57 +13,20 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use carillon_media::codec::CLOCK_RATE_HZ;
+use carillon_media::rtp::{RtpHeader, HEADER_LEN};
+use carillon_media::Codec;
 use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 
 /// Samples per second for G.711.
-pub const SAMPLE_RATE_HZ: u32 = 8_000;
+pub const SAMPLE_RATE_HZ: u32 = CLOCK_RATE_HZ;
 /// One packet carries 20 ms of audio.
 pub const PTIME_MS: u64 = 20;
 /// 160 samples = 160 G.711 bytes per packet.
 pub const SAMPLES_PER_PACKET: usize = (SAMPLE_RATE_HZ as usize) * (PTIME_MS as usize) / 1000;
-/// Fixed RTP header without CSRCs or extensions.
-pub const RTP_HEADER_LEN: usize = 12;
 /// Largest datagram we read; anything longer is truncated and still counted.
 const RECV_BUF_BYTES: usize = 2048;
-
-/// The two G.711 codecs and their static RTP payload types.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Codec {
-    Pcmu,
-    Pcma,
-}
-
-impl Codec {
-    pub fn payload_type(self) -> u8 {
-        match self {
-            Codec::Pcmu => 0,
-            Codec::Pcma => 8,
-        }
-    }
-
-    pub fn from_payload_type(pt: u8) -> Option<Codec> {
-        match pt {
-            0 => Some(Codec::Pcmu),
-            8 => Some(Codec::Pcma),
-            _ => None,
-        }
-    }
-
-    pub fn encoding_name(self) -> &'static str {
-        match self {
-            Codec::Pcmu => "PCMU",
-            Codec::Pcma => "PCMA",
-        }
-    }
-
-    pub fn encode(self, sample: i16) -> u8 {
-        match self {
-            Codec::Pcmu => linear_to_ulaw(sample),
-            Codec::Pcma => linear_to_alaw(sample),
-        }
-    }
-}
 
 /// What a phone plays into the call.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -83,17 +49,18 @@ pub struct AudioSource {
 impl AudioSource {
     pub fn new(audio: Audio, codec: Codec) -> Self {
         let n = SAMPLE_RATE_HZ as usize;
-        let encoded = match audio {
-            Audio::Silence => vec![codec.encode(0); n],
+        let pcm: Vec<i16> = match audio {
+            Audio::Silence => vec![0; n],
             Audio::Tone { hz } => (0..n)
                 .map(|i| {
                     let t = i as f64 / f64::from(SAMPLE_RATE_HZ);
                     // About -10 dBFS: loud enough to see, far from clipping.
-                    let v = (2.0 * std::f64::consts::PI * f64::from(hz) * t).sin() * 10_000.0;
-                    codec.encode(v as i16)
+                    ((2.0 * std::f64::consts::PI * f64::from(hz) * t).sin() * 10_000.0) as i16
                 })
                 .collect(),
         };
+        let mut encoded = vec![0u8; n];
+        codec.encode_into(&pcm, &mut encoded);
         Self { encoded, pos: 0 }
     }
 
@@ -108,152 +75,14 @@ impl AudioSource {
     }
 }
 
-/// G.711 mu-law encoder (ITU-T G.711, as in the classic Sun reference).
-pub fn linear_to_ulaw(sample: i16) -> u8 {
-    const BIAS: i32 = 0x84;
-    const CLIP: i32 = 32_635;
-    let mut s = i32::from(sample);
-    let sign = if s < 0 {
-        s = -s;
-        0x80
-    } else {
-        0
-    };
-    s = s.min(CLIP) + BIAS;
-    // s is in 0x84..=0x7FFF, so its top bit sits between bit 7 and bit 14.
-    let top_bit = 31 - s.leading_zeros() as i32;
-    let exponent = (top_bit - 7).clamp(0, 7);
-    let mantissa = (s >> (exponent + 3)) & 0x0F;
-    !((sign | (exponent << 4) | mantissa) as u8)
-}
-
-/// G.711 mu-law decoder, the inverse of [`linear_to_ulaw`] up to quantisation.
-pub fn ulaw_to_linear(code: u8) -> i16 {
-    const BIAS: i32 = 0x84;
-    let u = !code;
-    let exponent = i32::from((u >> 4) & 0x07);
-    let mantissa = i32::from(u & 0x0F);
-    let magnitude = (((mantissa << 3) + BIAS) << exponent) - BIAS;
-    // magnitude <= 32124, inside i16.
-    if u & 0x80 != 0 {
-        -magnitude as i16
-    } else {
-        magnitude as i16
-    }
-}
-
-/// G.711 A-law encoder (13-bit magnitude, segment search, even-bit inversion).
-pub fn linear_to_alaw(sample: i16) -> u8 {
-    const SEG_END: [i32; 8] = [0x1F, 0x3F, 0x7F, 0xFF, 0x1FF, 0x3FF, 0x7FF, 0xFFF];
-    let mut pcm = i32::from(sample) >> 3;
-    let mask: u8 = if pcm >= 0 {
-        0xD5
-    } else {
-        pcm = -pcm - 1;
-        0x55
-    };
-    let seg = SEG_END.iter().position(|&end| pcm <= end);
-    let code = match seg {
-        None => 0x7F,
-        Some(seg) => {
-            let shift = if seg < 2 { 1 } else { seg };
-            ((seg as i32) << 4 | ((pcm >> shift) & 0x0F)) as u8
-        }
-    };
-    code ^ mask
-}
-
-/// G.711 A-law decoder.
-pub fn alaw_to_linear(code: u8) -> i16 {
-    let a = code ^ 0x55;
-    let mut t = i32::from(a & 0x0F) << 4;
-    let seg = (a & 0x70) >> 4;
-    match seg {
-        0 => t += 8,
-        1 => t += 0x108,
-        _ => {
-            t += 0x108;
-            t <<= seg - 1;
-        }
-    }
-    // t <= 0x7E00 + ..., inside i16.
-    if a & 0x80 != 0 {
-        t as i16
-    } else {
-        -t as i16
-    }
-}
-
-/// The fields of a received RTP packet that the simulator looks at.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RtpHeader {
-    pub payload_type: u8,
-    pub marker: bool,
-    pub sequence: u16,
-    pub timestamp: u32,
-    pub ssrc: u32,
-    /// Offset of the payload inside the datagram.
-    pub payload_offset: usize,
-}
-
-/// Why a datagram is not an RTP packet we accept.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum RtpParseError {
-    #[error("datagram of {0} bytes is shorter than an RTP header")]
-    TooShort(usize),
-    #[error("RTP version {0} is not 2")]
-    BadVersion(u8),
-    #[error("CSRC list or header extension runs past the end of the datagram")]
-    Truncated,
-}
-
-/// Parses an RTP header; never panics on hostile input.
-pub fn parse_rtp(buf: &[u8]) -> Result<RtpHeader, RtpParseError> {
-    if buf.len() < RTP_HEADER_LEN {
-        return Err(RtpParseError::TooShort(buf.len()));
-    }
-    let version = buf[0] >> 6;
-    if version != 2 {
-        return Err(RtpParseError::BadVersion(version));
-    }
-    let csrc_count = usize::from(buf[0] & 0x0F);
-    let has_extension = buf[0] & 0x10 != 0;
-    let mut offset = RTP_HEADER_LEN + 4 * csrc_count;
-    if has_extension {
-        let words = buf
-            .get(offset + 2..offset + 4)
-            .ok_or(RtpParseError::Truncated)?;
-        offset += 4 + 4 * usize::from(u16::from_be_bytes([words[0], words[1]]));
-    }
-    if offset > buf.len() {
-        return Err(RtpParseError::Truncated);
-    }
-    Ok(RtpHeader {
-        payload_type: buf[1] & 0x7F,
-        marker: buf[1] & 0x80 != 0,
-        sequence: u16::from_be_bytes([buf[2], buf[3]]),
-        timestamp: u32::from_be_bytes([buf[4], buf[5], buf[6], buf[7]]),
-        ssrc: u32::from_be_bytes([buf[8], buf[9], buf[10], buf[11]]),
-        payload_offset: offset,
-    })
-}
-
-/// Writes a minimal RTP header (no CSRC, no extension) followed by `payload`.
-pub fn write_rtp(
-    out: &mut Vec<u8>,
-    payload_type: u8,
-    marker: bool,
-    sequence: u16,
-    timestamp: u32,
-    ssrc: u32,
-    payload: &[u8],
-) {
+/// Writes a plain RTP header (no CSRC, extension or padding) followed by `payload`.
+///
+/// The header itself comes from carillon-media; this only frames it into a fresh datagram.
+pub fn write_rtp(out: &mut Vec<u8>, header: &RtpHeader, payload: &[u8]) {
     out.clear();
-    out.push(0x80);
-    out.push((payload_type & 0x7F) | if marker { 0x80 } else { 0 });
-    out.extend_from_slice(&sequence.to_be_bytes());
-    out.extend_from_slice(&timestamp.to_be_bytes());
-    out.extend_from_slice(&ssrc.to_be_bytes());
+    // Exactly HEADER_LEN bytes, which is all `write` needs to not panic.
+    out.resize(HEADER_LEN, 0);
+    header.write(out);
     out.extend_from_slice(payload);
 }
 
@@ -311,13 +140,20 @@ impl RtpSocket {
         let mut totals = MediaTotals::default();
         let mut sequence: u16 = (ssrc >> 16) as u16;
         let mut timestamp: u32 = ssrc.rotate_left(7);
-        let mut out = Vec::with_capacity(RTP_HEADER_LEN + SAMPLES_PER_PACKET);
+        let mut out = Vec::with_capacity(HEADER_LEN + SAMPLES_PER_PACKET);
         let mut buf = vec![0u8; RECV_BUF_BYTES];
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => break,
                 _ = interval.tick() => {
-                    write_rtp(&mut out, codec.payload_type(), totals.sent == 0, sequence, timestamp, ssrc, source.next_frame());
+                    let header = RtpHeader {
+                        marker: totals.sent == 0,
+                        payload_type: codec.payload_type(),
+                        sequence,
+                        timestamp,
+                        ssrc,
+                    };
+                    write_rtp(&mut out, &header, source.next_frame());
                     if self.socket.send_to(&out, remote).await.is_ok() {
                         totals.sent += 1;
                         shared.sent.fetch_add(1, Ordering::Relaxed);
@@ -327,7 +163,7 @@ impl RtpSocket {
                 }
                 r = self.socket.recv_from(&mut buf) => {
                     if let Ok((n, _from)) = r {
-                        if parse_rtp(&buf[..n]).is_ok() {
+                        if RtpHeader::parse(&buf[..n]).is_some() {
                             totals.received += 1;
                             shared.received.fetch_add(1, Ordering::Relaxed);
                         }
@@ -344,65 +180,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ulaw_round_trip_is_close() {
-        assert_eq!(linear_to_ulaw(0), 0xFF);
-        for s in (-32_000i32..32_000).step_by(97) {
-            let s = s as i16;
-            let back = ulaw_to_linear(linear_to_ulaw(s));
-            let err = (i32::from(back) - i32::from(s)).abs();
-            // mu-law steps grow with magnitude: at most 1/16 of the value plus the bias.
-            assert!(err <= i32::from(s).abs() / 16 + 16, "{s} -> {back}");
-        }
-    }
-
-    #[test]
-    fn alaw_round_trip_is_close() {
-        assert_eq!(linear_to_alaw(0), 0xD5);
-        for s in (-32_000i32..32_000).step_by(97) {
-            let s = s as i16;
-            let back = alaw_to_linear(linear_to_alaw(s));
-            let err = (i32::from(back) - i32::from(s)).abs();
-            assert!(err <= i32::from(s).abs() / 16 + 16, "{s} -> {back}");
-        }
-    }
-
-    #[test]
-    fn extremes_do_not_overflow() {
-        for s in [i16::MIN, i16::MIN + 1, -1, 1, i16::MAX] {
-            let _ = ulaw_to_linear(linear_to_ulaw(s));
-            let _ = alaw_to_linear(linear_to_alaw(s));
-        }
-    }
-
-    #[test]
-    fn rtp_write_then_parse() {
-        let mut out = Vec::new();
-        write_rtp(&mut out, 0, true, 65_535, 0xDEAD_BEEF, 42, &[0xFF; 160]);
-        assert_eq!(out.len(), RTP_HEADER_LEN + 160);
-        let h = parse_rtp(&out).expect("well-formed packet");
-        assert_eq!(h.payload_type, 0);
-        assert!(h.marker);
-        assert_eq!(h.sequence, 65_535);
-        assert_eq!(h.timestamp, 0xDEAD_BEEF);
-        assert_eq!(h.ssrc, 42);
-        assert_eq!(h.payload_offset, RTP_HEADER_LEN);
-    }
-
-    #[test]
-    fn rtp_parse_rejects_garbage() {
-        assert_eq!(parse_rtp(&[0x80; 5]), Err(RtpParseError::TooShort(5)));
-        assert_eq!(parse_rtp(&[0x00; 12]), Err(RtpParseError::BadVersion(0)));
-        // Claims 15 CSRCs in a 12-byte packet.
-        assert_eq!(parse_rtp(&[0x8F; 12]), Err(RtpParseError::Truncated));
-        // Extension flag with no room for the extension header.
-        assert_eq!(parse_rtp(&[0x90; 12]), Err(RtpParseError::Truncated));
-        let mut ext = vec![
-            0x90, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xBE, 0xDE, 0xFF, 0xFF,
-        ];
-        assert_eq!(parse_rtp(&ext), Err(RtpParseError::Truncated));
-        ext[14] = 0;
-        ext[15] = 0;
-        assert_eq!(parse_rtp(&ext).map(|h| h.payload_offset), Ok(16));
+    fn written_packet_parses_with_payload_after_header() {
+        let header = RtpHeader {
+            marker: true,
+            payload_type: Codec::Pcmu.payload_type(),
+            sequence: 65_535,
+            timestamp: 0xDEAD_BEEF,
+            ssrc: 42,
+        };
+        let mut out = vec![0xAA; 3];
+        write_rtp(&mut out, &header, &[0xFF; SAMPLES_PER_PACKET]);
+        assert_eq!(out.len(), HEADER_LEN + SAMPLES_PER_PACKET);
+        assert_eq!(RtpHeader::parse(&out), Some(header));
+        assert!(out[HEADER_LEN..].iter().all(|&b| b == 0xFF));
     }
 
     #[test]

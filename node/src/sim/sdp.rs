@@ -3,10 +3,12 @@
 //!
 //! The body comes off the network, so parsing returns errors and never panics;
 //! anything beyond `c=`, `m=audio` and `a=rtpmap` is ignored.
+//!
+//! Not shared with the node's SDP code: a test peer sharing it could hide a bug common to both.
 
 use std::net::{IpAddr, SocketAddr};
 
-use super::rtp::Codec;
+use carillon_media::Codec;
 
 /// The remote end of an audio stream as described by SDP.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,7 +67,7 @@ fn describe(local: SocketAddr, session_id: u64, codecs: &[Codec]) -> String {
         s.push_str(&format!(
             "a=rtpmap:{} {}/8000\r\n",
             c.payload_type(),
-            c.encoding_name()
+            c.rtpmap_name()
         ));
     }
     s.push_str("a=ptime:20\r\na=sendrecv\r\n");
