@@ -5,6 +5,7 @@
 mod harness;
 
 mod abandon;
+mod agent_hangup;
 mod calls_bulk;
 mod example_single_node;
 mod malformed;
