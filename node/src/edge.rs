@@ -242,6 +242,7 @@ fn contact_expires_param(value: &str) -> Option<u32> {
 
 /// A new INVITE: trunk checks, admission, answer, then the call task.
 async fn invite(shared: Arc<Shared>, mut tx: Transaction) {
+    let received = crate::clock::instant();
     let Some((source, _)) = sip::request_source(&tx) else {
         sip::reply(&mut tx, StatusCode::BadRequest, vec![]).await;
         return;
@@ -355,6 +356,7 @@ async fn invite(shared: Arc<Shared>, mut tx: Transaction) {
         caller_states: state_rx,
         media,
         events,
+        received,
     };
     let task_shared = shared.clone();
     tokio::spawn(async move {

@@ -10,6 +10,7 @@
 //! The ACD itself lives in `carillon-routing`, RTP in `carillon-media`, records in
 //! `carillon-ops`.
 
+pub mod bench;
 pub mod call;
 pub mod clock;
 pub mod config;

@@ -29,6 +29,11 @@ enum Cmd {
     /// Run a complete demo center on this machine: a node, simulated agent phones and
     /// callers over real SIP and RTP on loopback, and a live view.
     Demo(carillon::demo::DemoArgs),
+    /// Benchmarks; each headline figure prints as `bench: NAME VALUE UNIT`.
+    Bench {
+        #[command(subcommand)]
+        what: BenchCmd,
+    },
     /// Administer a running node.
     Ctl {
         /// The node's HTTP address (HOST:PORT).
@@ -37,6 +42,13 @@ enum Cmd {
         #[command(subcommand)]
         what: CtlCmd,
     },
+}
+
+#[derive(Subcommand)]
+enum BenchCmd {
+    /// SIPp callers -> node -> SIPp agents: highest zero-failure call rate, post-dial
+    /// delay, memory per concurrent call.
+    Sip(carillon::bench::sip::SipBenchArgs),
 }
 
 #[derive(Subcommand)]
@@ -106,6 +118,12 @@ async fn main() -> std::process::ExitCode {
         Cmd::Demo(args) => {
             init_logs(cli.log_json, "warn,rsipstack=error");
             carillon::demo::run(args).await
+        }
+        Cmd::Bench {
+            what: BenchCmd::Sip(args),
+        } => {
+            init_logs(cli.log_json, "warn,rsipstack=error");
+            carillon::bench::sip::run(args).await
         }
         Cmd::Ctl { node, what } => {
             init_logs(cli.log_json, "warn");

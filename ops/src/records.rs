@@ -35,6 +35,10 @@ pub struct Cdr {
     pub hangup_by: String,
     pub cause: Option<String>,
     pub offers: u32,
+    /// Post-dial delay: microseconds from the caller's INVITE reaching the node to the
+    /// first agent INVITE leaving it (none if no agent was ever rung).
+    #[serde(default)]
+    pub post_dial_us: Option<u64>,
     /// RTP packets the node relayed from the caller to the agent, and back.
     pub rtp_caller_to_agent: u64,
     pub rtp_agent_to_caller: u64,
@@ -146,6 +150,7 @@ mod tests {
             hangup_by: "caller".into(),
             cause: None,
             offers: 1,
+            post_dial_us: Some(850),
             rtp_caller_to_agent: 200,
             rtp_agent_to_caller: 199,
             node: "n1".into(),

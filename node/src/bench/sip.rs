@@ -98,11 +98,87 @@ pub async fn run(args: SipBenchArgs) -> anyhow::Result<()> {
 async fn bench(args: &SipBenchArgs, work: &Path, procs: &mut Procs) -> anyhow::Result<()> {
     let started = Instant::now();
     let deadline = started + Duration::from_secs(BENCH_DEADLINE_S);
+    let (node, agents) = start_node(args, work, procs).await?;
+    let registered = register_agents(&node, &agents, args.agent_phones, procs).await?;
+    let rss_idle_kib = rss_kib(node.pid)?;
+    eprintln!("bench: {registered} agents ready, node RSS {rss_idle_kib} KiB");
+
+    let mut best_cps = 0;
+    let mut post_dial_us: Vec<u64> = Vec::new();
+    let mut peak = Peak::default();
+    let mut cdrs_seen = cdrs(&node.http).await?.len();
+    let caller_media_port = free_media_port()?;
+    for &rate in &args.rates_cps {
+        if Instant::now() + Duration::from_secs(STEP_TIMEOUT_S + 15) > deadline {
+            eprintln!("bench: stopping before {rate} cps to stay within {BENCH_DEADLINE_S} s");
+            break;
+        }
+        let step = run_step(&node, args, rate, caller_media_port, &mut peak, cdrs_seen).await?;
+        cdrs_seen = step.cdrs_seen;
+        if !step.zero_fail {
+            break;
+        }
+        best_cps = rate;
+        post_dial_us.extend(step.post_dial_us);
+    }
+
+    post_dial_us.sort_unstable();
+    let rss_per_call_kib = peak
+        .rss_kib
+        .saturating_sub(rss_idle_kib)
+        .checked_div(peak.active)
+        .unwrap_or(0);
+    println!("bench: sip_cps_zero_fail {best_cps} calls/s");
+    println!(
+        "bench: post_dial_p50_ms {:.2} ms",
+        percentile(&post_dial_us, 50) as f64 / 1000.0
+    );
+    println!(
+        "bench: post_dial_p99_ms {:.2} ms",
+        percentile(&post_dial_us, 99) as f64 / 1000.0
+    );
+    println!("bench: rss_per_call_kib {rss_per_call_kib} KiB");
+    eprintln!(
+        "bench: (RSS {rss_idle_kib} KiB idle, {} KiB at {} concurrent calls; {} post-dial \
+         samples; {:.0} s)",
+        peak.rss_kib,
+        peak.active,
+        post_dial_us.len(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// The node under test and what the steps need to reach it.
+struct Target {
+    pid: u32,
+    sip: SocketAddr,
+    /// HOST:PORT of its HTTP API.
+    http: String,
+    /// The number callers dial (the config's first [[numbers]]).
+    number: String,
+    scenarios: PathBuf,
+    work: PathBuf,
+}
+
+/// The agents to register: ids `first..first + count`, password `prefix<id>`.
+struct AgentPlan {
+    first: u32,
+    count: u32,
+    password_prefix: String,
+}
+
+/// Writes the node's config (free ports, own RTP range, data in `work`) and starts it.
+async fn start_node(
+    args: &SipBenchArgs,
+    work: &Path,
+    procs: &mut Procs,
+) -> anyhow::Result<(Target, AgentPlan)> {
     let scenarios = scenarios_dir(args)?;
     let (config_text, config_path) = read_config(&args.config)?;
     let mut config: toml::Table = toml::from_str(&config_text)
         .with_context(|| format!("{} is not valid TOML", config_path.display()))?;
-    let (first_agent, agent_count, password_prefix) = agent_range(&config, args.agents)?;
+    let (first, count, password_prefix) = agent_range(&config, args.agents)?;
     let number = config
         .get("numbers")
         .and_then(|n| n.get(0))
@@ -118,7 +194,7 @@ async fn bench(args: &SipBenchArgs, work: &Path, procs: &mut Procs) -> anyhow::R
 
     let bin = node_bin(args)?;
     eprintln!(
-        "bench: node {} (sip {}, http {}), {agent_count} agents, rates {:?} cps, {} ms calls",
+        "bench: node {} (sip {}, http {}), {count} agents, rates {:?} cps, {} ms calls",
         bin.display(),
         addrs.sip,
         addrs.http,
@@ -141,204 +217,186 @@ async fn bench(args: &SipBenchArgs, work: &Path, procs: &mut Procs) -> anyhow::R
         .kill_on_drop(true)
         .spawn()
         .with_context(|| format!("starting {}", bin.display()))?;
-    let node_pid = node.id().context("the node exited at once")?;
+    let pid = node.id().context("the node exited at once")?;
     procs.children.push(node);
     let http = addrs.http.to_string();
     wait_healthy(&http, Duration::from_secs(STARTUP_TIMEOUT_S)).await?;
+    let target = Target {
+        pid,
+        sip: addrs.sip,
+        http,
+        number,
+        scenarios,
+        work: work.to_path_buf(),
+    };
+    let plan = AgentPlan {
+        first,
+        count,
+        password_prefix,
+    };
+    Ok((target, plan))
+}
 
-    // Agent phones, each owning a slice of the agents.
-    let per_phone = agent_count.div_ceil(args.agent_phones);
+/// Starts `phones` agent phones (SIPp UAS with RTP echo), registers a slice of the agents
+/// to each, and waits until the node has them all ready. Returns how many registered.
+async fn register_agents(
+    node: &Target,
+    plan: &AgentPlan,
+    phones: u32,
+    procs: &mut Procs,
+) -> anyhow::Result<u32> {
+    let per_phone = plan.count.div_ceil(phones);
     let mut registered = 0;
-    for phone in 0..args.agent_phones {
-        let first = first_agent + phone * per_phone;
-        let count = per_phone.min(agent_count.saturating_sub(phone * per_phone));
+    for phone in 0..phones {
+        let first = plan.first + phone * per_phone;
+        let count = per_phone.min(plan.count.saturating_sub(phone * per_phone));
         if count == 0 {
             break;
         }
         let sip_port = free_port()?;
         let media_port = free_media_port()?;
         let label = format!("phone{phone}");
-        sipp(&scenarios, work, &label, None, sip_port)
+        sipp(node, &label, None, sip_port)
             .args(["-mp", &media_port.to_string(), "-rtp_echo", "-aa"])
             .spawn_into(procs)?;
-        let csv = work.join(format!("{label}.csv"));
+        let csv = node.work.join(format!("{label}.csv"));
         let mut text = String::from("SEQUENTIAL\n");
         for id in first..first + count {
-            text.push_str(&format!("{id};{password_prefix}{id};\n"));
+            text.push_str(&format!("{id};{}{id};\n", plan.password_prefix));
         }
         fs::write(&csv, text)?;
+        let count_text = count.to_string();
         let out = sipp(
-            &scenarios,
-            work,
+            node,
             &format!("register{phone}"),
-            Some(addrs.sip),
+            Some(node.sip),
             free_port()?,
         )
         .scenario("register.xml")
         .args(["-inf", &csv.display().to_string()])
-        .args([
-            "-key",
-            "contact_port",
-            &sip_port.to_string(),
-            "-key",
-            "expires",
-            "3600",
-        ])
-        .args([
-            "-m",
-            &count.to_string(),
-            "-r",
-            &REGISTER_RATE_PER_S.to_string(),
-        ])
-        .args(["-l", &count.to_string()])
+        .args(["-key", "contact_port", &sip_port.to_string()])
+        .args(["-key", "expires", "3600"])
+        .args(["-m", &count_text, "-l", &count_text])
+        .args(["-r", &REGISTER_RATE_PER_S.to_string()])
         .run(Duration::from_secs(
             10 + u64::from(count / REGISTER_RATE_PER_S),
         ))
         .await?;
         if out.code != Some(0) {
-            bail!(
-                "registering agents {first}-{}: {}",
-                first + count - 1,
-                out.describe()
-            );
+            let last = first + count - 1;
+            bail!("registering agents {first}-{last}: {}", out.describe());
         }
         registered += count;
     }
     let ready_by = Instant::now() + Duration::from_secs(30);
     loop {
-        let ready = status(&http).await?["acd"]["agents"]["ready"]
+        let ready = status(&node.http).await?["acd"]["agents"]["ready"]
             .as_u64()
             .unwrap_or(0);
         if ready >= u64::from(registered) {
-            break;
+            return Ok(registered);
         }
         if Instant::now() > ready_by {
             bail!("only {ready} of {registered} agents ready 30 s after registering");
         }
         sleep(Duration::from_millis(100)).await;
     }
-    let rss_idle_kib = rss_kib(node_pid)?;
-    eprintln!("bench: {registered} agents ready, node RSS {rss_idle_kib} KiB");
+}
 
-    let mut best_cps = 0;
-    let mut post_dial_ms: Vec<u64> = Vec::new();
-    let mut peak = Peak::default();
-    let mut cdrs_seen = cdrs(&http).await?.len();
-    let caller_media_port = free_media_port()?;
-    for &rate in &args.rates_cps {
-        if Instant::now() + Duration::from_secs(STEP_TIMEOUT_S + 15) > deadline {
-            eprintln!("bench: stopping before {rate} cps to stay within {BENCH_DEADLINE_S} s");
-            break;
+/// What one rate step found.
+struct Step {
+    /// SIPp saw every call succeed and every CDR of the step says answered.
+    zero_fail: bool,
+    /// Post-dial delays of the step's answered calls.
+    post_dial_us: Vec<u64>,
+    /// CDRs on the node after the step.
+    cdrs_seen: usize,
+}
+
+/// Offers `rate` calls/s for `args.step_load_s` seconds, sampling the node's concurrent
+/// calls and RSS into `peak`; then waits for the calls to end and reads their CDRs.
+async fn run_step(
+    node: &Target,
+    args: &SipBenchArgs,
+    rate: u32,
+    media_port: u16,
+    peak: &mut Peak,
+    cdrs_before: usize,
+) -> anyhow::Result<Step> {
+    let calls = rate * args.step_load_s;
+    let step_timeout_s =
+        (u64::from(args.step_load_s) + u64::from(args.call_ms / 1000) + 8).min(STEP_TIMEOUT_S);
+    let mut caller = sipp(
+        node,
+        &format!("callers{rate}"),
+        Some(node.sip),
+        free_port()?,
+    )
+    .scenario("caller.xml")
+    .args(["-s", &node.number, "-key", "caller", "5550000"])
+    .args([
+        "-mp",
+        &media_port.to_string(),
+        "-d",
+        &args.call_ms.to_string(),
+    ])
+    .args(["-r", &rate.to_string(), "-m", &calls.to_string()])
+    .args(["-timeout", &format!("{step_timeout_s}s"), "-timeout_error"])
+    .spawn_alone()?;
+    let step_deadline = Instant::now() + Duration::from_secs(step_timeout_s + 5);
+    let exit = loop {
+        if let Some(status) = caller.child.try_wait()? {
+            break status.code();
         }
-        let calls = rate * args.step_load_s;
-        let step_timeout_s =
-            (u64::from(args.step_load_s) + u64::from(args.call_ms / 1000) + 8).min(STEP_TIMEOUT_S);
-        let mut caller = sipp(
-            &scenarios,
-            work,
-            &format!("callers{rate}"),
-            Some(addrs.sip),
-            free_port()?,
-        )
-        .scenario("caller.xml")
-        .args(["-s", &number, "-key", "caller", "5550000"])
-        .args([
-            "-mp",
-            &caller_media_port.to_string(),
-            "-d",
-            &args.call_ms.to_string(),
-        ])
-        .args(["-r", &rate.to_string(), "-m", &calls.to_string()])
-        .args(["-timeout", &format!("{step_timeout_s}s"), "-timeout_error"])
-        .spawn_alone()?;
-        let step_deadline = Instant::now() + Duration::from_secs(step_timeout_s + 5);
-        let exit = loop {
-            if let Some(status) = caller.child.try_wait()? {
-                break status.code();
-            }
-            if Instant::now() > step_deadline {
-                let _ = caller.child.kill().await;
-                break None;
-            }
-            if let Ok(s) = status(&http).await {
-                let active = s["calls"]["active"].as_u64().unwrap_or(0);
-                if active > peak.active {
-                    if let Ok(rss) = rss_kib(node_pid) {
-                        peak = Peak {
-                            active,
-                            rss_kib: rss,
-                        };
-                    }
+        if Instant::now() > step_deadline {
+            let _ = caller.child.kill().await;
+            break None;
+        }
+        if let Ok(s) = status(&node.http).await {
+            let active = s["calls"]["active"].as_u64().unwrap_or(0);
+            if active > peak.active {
+                if let Ok(rss_kib) = rss_kib(node.pid) {
+                    *peak = Peak { active, rss_kib };
                 }
             }
-            sleep(Duration::from_millis(SAMPLE_INTERVAL_MS)).await;
-        };
-        let outcome = caller.outcome(exit);
-        // Let the node close the step's calls and write their CDRs.
-        let settle_by = Instant::now() + Duration::from_secs(10);
-        let mut all = cdrs(&http).await?;
-        while all.len() < cdrs_seen + calls as usize && Instant::now() < settle_by {
-            sleep(Duration::from_millis(250)).await;
-            all = cdrs(&http).await?;
         }
-        let step: Vec<&Cdr> = all.iter().skip(cdrs_seen).collect();
-        cdrs_seen = all.len();
-        let answered = step.iter().filter(|c| c.disposition == "answered").count();
-        let succeeded = outcome.cumulative("Successful call").unwrap_or(0);
-        let failed_sipp = outcome.cumulative("Failed call").unwrap_or(0);
-        let zero_fail = outcome.code == Some(0)
-            && failed_sipp == 0
-            && succeeded == u64::from(calls)
-            && answered == calls as usize;
-        eprintln!(
-            "bench: {rate} cps: {succeeded}/{calls} calls succeeded, {failed_sipp} failed, \
-             {answered}/{} CDRs answered, peak {} concurrent",
-            step.len(),
-            peak.active
-        );
-        if !zero_fail {
-            if outcome.code != Some(0) {
-                eprintln!("{}", outcome.describe());
-            }
+        sleep(Duration::from_millis(SAMPLE_INTERVAL_MS)).await;
+    };
+    let outcome = caller.outcome(exit);
+
+    // Let the node close the step's calls and write their CDRs.
+    let settle_by = Instant::now() + Duration::from_secs(10);
+    let mut all = cdrs(&node.http).await?;
+    while Instant::now() < settle_by {
+        let idle = status(&node.http).await?["calls"]["active"].as_u64() == Some(0);
+        if idle && all.len() >= cdrs_before + calls as usize {
             break;
         }
-        best_cps = rate;
-        post_dial_ms.extend(step.iter().filter_map(|c| post_dial_delay_ms(c)));
-        let idle_by = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < idle_by {
-            let s = status(&http).await?;
-            if s["calls"]["active"].as_u64() == Some(0) {
-                break;
-            }
-            sleep(Duration::from_millis(100)).await;
-        }
+        sleep(Duration::from_millis(250)).await;
+        all = cdrs(&node.http).await?;
     }
-
-    post_dial_ms.sort_unstable();
-    let rss_per_call_kib = peak
-        .rss_kib
-        .saturating_sub(rss_idle_kib)
-        .checked_div(peak.active)
-        .unwrap_or(0);
-    println!("bench: sip_cps_zero_fail {best_cps} calls/s");
-    println!(
-        "bench: post_dial_p50_ms {} ms",
-        percentile(&post_dial_ms, 50)
-    );
-    println!(
-        "bench: post_dial_p99_ms {} ms",
-        percentile(&post_dial_ms, 99)
-    );
-    println!("bench: rss_per_call_kib {rss_per_call_kib} KiB");
+    let step: Vec<&Cdr> = all.iter().skip(cdrs_before).collect();
+    let answered = step.iter().filter(|c| c.disposition == "answered").count();
+    let succeeded = outcome.cumulative("Successful call").unwrap_or(0);
+    let failed = outcome.cumulative("Failed call").unwrap_or(0);
+    let zero_fail = outcome.code == Some(0)
+        && failed == 0
+        && succeeded == u64::from(calls)
+        && answered == calls as usize;
     eprintln!(
-        "bench: (RSS {rss_idle_kib} KiB idle, {} KiB at {} concurrent calls; {} post-dial \
-         samples; {:.0} s)",
-        peak.rss_kib,
-        peak.active,
-        post_dial_ms.len(),
-        started.elapsed().as_secs_f64()
+        "bench: {rate} cps: {succeeded}/{calls} calls succeeded, {failed} failed, \
+         {answered}/{} CDRs answered, peak so far {} concurrent",
+        step.len(),
+        peak.active
     );
-    Ok(())
+    if outcome.code != Some(0) {
+        eprintln!("{}", outcome.describe());
+    }
+    Ok(Step {
+        zero_fail,
+        post_dial_us: step.iter().filter_map(|c| post_dial_delay_us(c)).collect(),
+        cdrs_seen: all.len(),
+    })
 }
 
 /// The sample with the most concurrent calls seen, and the node's RSS then.
@@ -391,10 +449,13 @@ fn scenarios_dir(args: &SipBenchArgs) -> anyhow::Result<PathBuf> {
             workspace_dir().join("tests/sipp"),
         ],
     };
-    candidates
+    let dir = candidates
         .into_iter()
         .find(|d| d.join("caller.xml").is_file())
-        .context("SIPp scenarios not found: run from the source tree or pass --scenarios DIR")
+        .context("SIPp scenarios not found: run from the source tree or pass --scenarios DIR")?;
+    // SIPp runs in the work directory: the path must not be relative.
+    dir.canonicalize()
+        .with_context(|| format!("resolving {}", dir.display()))
 }
 
 /// Reads the config; a relative path that is not found here is tried from the source tree.
@@ -490,7 +551,9 @@ fn prepare_config(config: &mut toml::Table, base: &Path, work: &Path) -> anyhow:
 
 fn node_bin(args: &SipBenchArgs) -> anyhow::Result<PathBuf> {
     if let Some(bin) = &args.node_bin {
-        return Ok(bin.clone());
+        return bin
+            .canonicalize()
+            .with_context(|| format!("--node-bin {}", bin.display()));
     }
     let release = workspace_dir().join("target/release/carillon");
     if release.is_file() {
@@ -589,12 +652,13 @@ fn parse_vm_rss_kib(status: &str) -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
-fn post_dial_delay_ms(cdr: &Cdr) -> Option<u64> {
+/// Microseconds from the caller's INVITE in to the agent's INVITE out, as the node
+/// measured it with its monotonic clock.
+fn post_dial_delay_us(cdr: &Cdr) -> Option<u64> {
     if cdr.disposition != "answered" {
         return None;
     }
-    cdr.offered_at_ms
-        .map(|offered| offered.saturating_sub(cdr.arrived_at_ms))
+    cdr.post_dial_us
 }
 
 /// Nearest-rank percentile of sorted samples; 0 when there are none.
@@ -615,14 +679,11 @@ struct SippCmd {
     args: Vec<String>,
 }
 
-fn sipp(
-    scenarios: &Path,
-    work: &Path,
-    label: &str,
-    target: Option<SocketAddr>,
-    port: u16,
-) -> SippCmd {
+/// SIPp on `port` (an agent phone by default; see `SippCmd::scenario`), calling `target`
+/// when given.
+fn sipp(node: &Target, label: &str, target: Option<SocketAddr>, port: u16) -> SippCmd {
     let mut args: Vec<String> = target.map(|t| t.to_string()).into_iter().collect();
+    let errors = node.work.join(format!("{label}.errors.log"));
     args.extend(
         [
             "-i",
@@ -634,17 +695,14 @@ fn sipp(
             "-nostdin",
             "-trace_err",
             "-error_file",
-            &work
-                .join(format!("{label}.errors.log"))
-                .display()
-                .to_string(),
+            &errors.display().to_string(),
         ]
         .map(String::from),
     );
     SippCmd {
         label: label.to_string(),
-        work: work.to_path_buf(),
-        scenarios: scenarios.to_path_buf(),
+        work: node.work.clone(),
+        scenarios: node.scenarios.clone(),
         scenario: "agent_uas.xml".to_string(),
         args,
     }

@@ -38,6 +38,8 @@ pub struct CallSetup {
     pub caller_states: DialogStateReceiver,
     pub media: CallMedia,
     pub events: mpsc::Receiver<Event>,
+    /// When the caller's INVITE reached the node (for the post-dial delay).
+    pub received: std::time::Instant,
 }
 
 enum Phase {
@@ -88,6 +90,8 @@ struct Call {
     legs_tx: mpsc::Sender<LegOutcome>,
     legs_rx: mpsc::Receiver<LegOutcome>,
     record: Option<CallRecord>,
+    received: std::time::Instant,
+    post_dial_us: Option<u64>,
 }
 
 impl Call {
@@ -113,6 +117,8 @@ impl Call {
             legs_tx,
             legs_rx,
             record: None,
+            received: s.received,
+            post_dial_us: None,
         }
     }
 
@@ -226,6 +232,9 @@ impl Call {
         };
         self.attempts += 1;
         let attempt = self.attempts;
+        if self.post_dial_us.is_none() {
+            self.post_dial_us = Some(self.received.elapsed().as_micros() as u64);
+        }
         info!(%agent, contact = %binding.contact, "ringing agent");
         self.phase = Phase::Ringing {
             agent: agent.clone(),
@@ -520,6 +529,7 @@ impl Call {
             .to_string(),
             cause: rec.cause,
             offers: rec.offers,
+            post_dial_us: self.post_dial_us,
             rtp_caller_to_agent: counters.caller_to_agent_packets,
             rtp_agent_to_caller: counters.agent_to_caller_packets,
             node: self.shared.node_id.clone(),

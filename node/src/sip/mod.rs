@@ -3,7 +3,8 @@
 //! Everything else in the node talks SIP through this module, so a change of rsipstack's
 //! API touches only here. It also covers the stack's known gaps:
 //! - comma-joined `Via` values are split into one header per value before the transaction
-//!   layer keys the message on the top Via ([`via::ViaSplitter`]);
+//!   layer keys the message on the top Via, and requests it cannot key get 400 instead
+//!   of silence ([`via::InboundInspector`]);
 //! - rsipstack's incoming channels are unbounded, so the dispatcher drains them at once and
 //!   puts admission control in front of any real work: a bounded number of requests in
 //!   flight, beyond which new requests are refused with 503 and Retry-After.
@@ -83,7 +84,7 @@ impl SipStack {
             .with_user_agent(concat!("Carillon/", env!("CARGO_PKG_VERSION")))
             .with_transport_layer(transport)
             .with_cancel_token(cancel.clone())
-            .with_transport_inspector(Box::new(via::ViaSplitter))
+            .with_transport_inspector(Box::new(via::InboundInspector))
             .build();
         let incoming = endpoint.incoming_transactions()?;
         let dialogs = Arc::new(DialogLayer::new(endpoint.inner.clone()));

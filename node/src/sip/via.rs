@@ -1,25 +1,75 @@
-//! Splits comma-joined Via values (`Via: SIP/2.0/UDP a;branch=1, SIP/2.0/UDP b;branch=2`)
-//! into one header each, before rsipstack keys a transaction on the top Via. RFC 3261
-//! section 7.3.1 makes the two forms equivalent; rsipstack reads only the first form, so a
-//! joined value would put the second hop's text into the top Via's branch.
+//! Inbound checks that must run before rsipstack's transaction layer sees a message.
+//!
+//! 1. Requests whose headers the transaction layer cannot key (a CSeq that is not a number,
+//!    a From it cannot read...) are dropped by rsipstack without an answer; here they get
+//!    400 Bad Request, built from the raw header values, sent back where they came from.
+//! 2. Splits comma-joined Via values (`Via: SIP/2.0/UDP a;branch=1, SIP/2.0/UDP b;branch=2`)
+//!    into one header each, before rsipstack keys a transaction on the top Via. RFC 3261
+//!    section 7.3.1 makes the two forms equivalent; rsipstack reads only the first form, so
+//!    a joined value would put the second hop's text into the top Via's branch.
 
 use async_trait::async_trait;
-use rsipstack::sip::{Header, SipMessage};
+use rsipstack::sip::{Header, Method, SipMessage, StatusCode};
 use rsipstack::transaction::endpoint::TransportEventInspector;
+use rsipstack::transaction::key::{TransactionKey, TransactionRole};
 use rsipstack::transport::TransportEvent;
 
-pub struct ViaSplitter;
+pub struct InboundInspector;
 
 #[async_trait]
-impl TransportEventInspector for ViaSplitter {
+impl TransportEventInspector for InboundInspector {
     async fn handle(&self, event: TransportEvent) -> Option<TransportEvent> {
-        Some(match event {
+        match event {
             TransportEvent::Incoming(msg, conn, from) => {
-                TransportEvent::Incoming(split_joined_vias(msg), conn, from)
+                let msg = split_joined_vias(msg);
+                if let SipMessage::Request(req) = &msg {
+                    if let Err(e) = TransactionKey::from_request(req, TransactionRole::Server) {
+                        tracing::info!(src = %from, error = %e, "malformed request");
+                        if req.method != Method::Ack {
+                            if let Some(resp) = bad_request(req) {
+                                conn.send(resp.into(), Some(&from)).await.ok();
+                            }
+                        }
+                        return None;
+                    }
+                }
+                Some(TransportEvent::Incoming(msg, conn, from))
             }
-            other => other,
-        })
+            other => Some(other),
+        }
     }
+}
+
+/// A 400 echoing the request's Via, From, To, Call-ID and CSeq as they came (RFC 3261
+/// section 8.2.6.2), or `None` when there is no Via to answer along.
+fn bad_request(req: &rsipstack::sip::Request) -> Option<rsipstack::sip::Response> {
+    let headers: Vec<Header> = req
+        .headers
+        .iter()
+        .filter(|h| {
+            matches!(
+                h,
+                Header::Via(_)
+                    | Header::From(_)
+                    | Header::To(_)
+                    | Header::CallId(_)
+                    | Header::CSeq(_)
+            )
+        })
+        .cloned()
+        .collect();
+    if !headers.iter().any(|h| matches!(h, Header::Via(_))) {
+        return None;
+    }
+    let mut headers = headers;
+    headers.push(Header::ContentLength(0.into()));
+    Some(rsipstack::sip::Response {
+        status_code: StatusCode::BadRequest,
+        wire_reason: None,
+        version: rsipstack::sip::Version::V2,
+        headers: headers.into(),
+        body: vec![],
+    })
 }
 
 /// Rewrites the message's Via headers so that each carries one value.

@@ -15,7 +15,9 @@ fn agent_hangup() {
     let _phone = phone.spawn();
     let csv = agents_csv(node.dir(), "agent-1001.csv", [1001], "pw");
     register(&node, &csv, 1, phone_port, 3600, "register").assert_success("1001");
-    node.wait_until("1001 ready", Duration::from_secs(5), |n| n.agents_in("ready") == 1);
+    node.wait_until("1001 ready", Duration::from_secs(5), |n| {
+        n.agents_in("ready") == 1
+    });
 
     Sipp::uac("caller_until_bye.xml", node.sip, node.dir(), "caller")
         .media_port(node.sipp_media_port())
