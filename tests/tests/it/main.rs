@@ -12,4 +12,5 @@ mod malformed;
 mod overload;
 mod refusals;
 mod register_auth;
+mod register_tcp;
 mod ring_timeout;
