@@ -15,7 +15,7 @@
 
 use std::fmt::Write as _;
 use std::io::{IsTerminal, Write as _};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -479,7 +479,8 @@ fn live_view(
 /// The demo's node config, written as TOML so it goes through the same
 /// parsing and validation as a config file.
 fn demo_config(args: &DemoArgs, dir: &Path) -> anyhow::Result<Config> {
-    let sip_port = free_sip_port().context("no free UDP+TCP port on 127.0.0.1 for SIP")?;
+    let sip_port =
+        crate::bench::sip::free_port().context("no free UDP+TCP port on 127.0.0.1 for SIP")?;
     let rtp_min = rtp_range_start(args.seed);
     let hold = hold_music(dir)?;
     let last_agent = AGENT_ID_BASE + args.agents;
@@ -540,21 +541,6 @@ queue = "{DEMO_QUEUE}"
 /// A TOML basic string with backslashes and quotes escaped.
 fn toml_string(s: &str) -> String {
     format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
-}
-
-/// A port free for both UDP and TCP on 127.0.0.1 right now (the OS picks it;
-/// another process could still take it before the node binds).
-fn free_sip_port() -> std::io::Result<u16> {
-    let mut last = None;
-    for _ in 0..20 {
-        let udp = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))?;
-        let port = udp.local_addr()?.port();
-        match TcpListener::bind((Ipv4Addr::LOCALHOST, port)) {
-            Ok(_) => return Ok(port),
-            Err(e) => last = Some(e),
-        }
-    }
-    Err(last.unwrap_or_else(|| std::io::Error::other("no port found")))
 }
 
 /// Where the demo's RTP range starts: spread by process and seed so parallel

@@ -562,8 +562,9 @@ fn node_bin(args: &SipBenchArgs) -> anyhow::Result<PathBuf> {
     std::env::current_exe().context("cannot find this executable; pass --node-bin")
 }
 
-/// A loopback port free for both TCP and UDP a moment ago.
-fn free_port() -> anyhow::Result<u16> {
+/// A loopback port free for both TCP and UDP a moment ago (another process could still
+/// take it before it is bound).
+pub(crate) fn free_port() -> anyhow::Result<u16> {
     for _ in 0..50 {
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         if UdpSocket::bind(("127.0.0.1", port)).is_ok() {

@@ -363,7 +363,7 @@ impl Call {
         };
         if let Err(e) = self.shared.routing.propose(cmd).await {
             warn!(%agent, error = %e, "routing refused the connection; ending the call");
-            self.hang_up_both(Party::System).await;
+            self.close_as_lost("connect-refused-by-routing").await;
         }
     }
 
@@ -464,7 +464,8 @@ impl Call {
         }
     }
 
-    async fn hang_up_both(&mut self, by: Party) {
+    /// Hangs up both legs and closes the call as lost with `cause`.
+    async fn close_as_lost(&mut self, cause: &str) {
         if let Phase::Connected { dialog, .. } | Phase::Ringing { dialog, .. } =
             std::mem::replace(&mut self.phase, Phase::Ending)
         {
@@ -474,7 +475,7 @@ impl Call {
         self.caller_dialog.bye().await.ok();
         let cmd = Command::Lost {
             call: self.id.clone(),
-            cause: format!("{by:?} ended the call after a routing refusal").to_lowercase(),
+            cause: cause.to_string(),
             at: now_ms(),
         };
         if let Err(e) = self.shared.routing.propose(cmd).await {

@@ -199,12 +199,6 @@ pub fn check_request(req: &Request) -> Result<(), String> {
     Ok(())
 }
 
-/// The value of the first header named `name` among headers rsipstack keeps untyped or
-/// typed, as text.
-pub fn header_text(req: &Request, pick: impl Fn(&Header) -> Option<String>) -> Option<String> {
-    req.headers().iter().find_map(pick)
-}
-
 /// Replies to a server transaction; failures (the peer vanished) are logged, not raised,
 /// because there is nobody left to tell.
 pub async fn reply(tx: &mut Transaction, status: StatusCode, headers: Vec<Header>) {
