@@ -1,6 +1,19 @@
 //! Carillon's cluster control plane: openraft over QUIC with mutual TLS, a redb log store
 //! and a state machine that applies the `routing` ACD.
 //!
-//! Not built yet (issue 3). A node runs single-site today: the `carillon` binary applies
-//! routing commands through a local, in-process log (`carillon::routing_log`) that this
-//! crate will replace with a replicated one.
+//! What lives here: the openraft type config ([`types`]), the redb Raft log
+//! ([`log_store`]), the replicated ACD with its snapshots ([`state_machine`]), the cluster
+//! CA and node certificates ([`certs`]), the QUIC transport with peer identity checks
+//! ([`tls`], [`network`]). What it leaves to others: deciding what to propose and acting on
+//! the events the log produces (the node), the routing rules themselves (`routing`).
+
+pub mod certs;
+pub mod config;
+pub mod log_store;
+pub mod network;
+pub mod state_machine;
+pub mod tls;
+pub mod types;
+
+/// The pinned openraft, for the node's cluster module (membership changes, metrics).
+pub use openraft;

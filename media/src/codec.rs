@@ -98,6 +98,17 @@ impl Codec {
     }
 }
 
+/// A byte-for-byte map from one G.711 law to the other through linear, so that the relay can
+/// transcode a payload in place with one table look-up per sample.
+pub fn transcode_table(from: Codec, to: Codec) -> [u8; 256] {
+    let mut table = [0u8; 256];
+    for (byte, out) in table.iter_mut().enumerate() {
+        // `byte` indexes a 256-entry table, so it fits a u8.
+        *out = to.encode(from.decode(byte as u8));
+    }
+    table
+}
+
 impl fmt::Display for Codec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.rtpmap_name())
@@ -265,6 +276,31 @@ mod tests {
                 values.len()
             );
         }
+    }
+
+    #[test]
+    fn transcode_tables_keep_the_level() {
+        let ulaw_to_alaw = transcode_table(Codec::Pcmu, Codec::Pcma);
+        let alaw_to_ulaw = transcode_table(Codec::Pcma, Codec::Pcmu);
+        assert_eq!(ulaw_to_alaw[0xFF], 0xD5, "silence stays silence");
+        // A-law has no exact zero: its smallest step (8) comes out as mu-law's smallest.
+        assert_eq!(ulaw_to_linear(alaw_to_ulaw[0xD5]), 8);
+        for byte in 0..=255u8 {
+            let linear = i32::from(ulaw_to_linear(byte));
+            let there = i32::from(alaw_to_linear(ulaw_to_alaw[usize::from(byte)]));
+            assert!(
+                (linear - there).abs() <= (linear.abs() / 16).max(16),
+                "{byte:#04x}"
+            );
+            let back = i32::from(ulaw_to_linear(
+                alaw_to_ulaw[usize::from(ulaw_to_alaw[usize::from(byte)])],
+            ));
+            assert!(
+                (linear - back).abs() <= (linear.abs() / 8).max(32),
+                "{byte:#04x}"
+            );
+        }
+        assert_eq!(transcode_table(Codec::Pcma, Codec::Pcma)[0x12], 0x12);
     }
 
     #[test]

@@ -71,4 +71,16 @@ pub enum MediaError {
     /// Too many commands are waiting for the call's media task.
     #[error("the media session's command queue is full ({depth_max} commands waiting); retry")]
     CommandQueueFull { depth_max: usize },
+    /// Recording is switched off in the node's configuration.
+    #[error("recording is disabled in the configuration")]
+    RecordingDisabled,
+    /// The recordings have reached their disk limit; calls go on unrecorded.
+    #[error(
+        "recording paused: recordings hold {used_bytes} bytes, at the limit of {limit_bytes}; \
+         free space in the recording directory or raise the limit"
+    )]
+    RecordingPaused { used_bytes: u64, limit_bytes: u64 },
+    /// The call is already being recorded.
+    #[error("the call is already being recorded")]
+    RecordingActive,
 }

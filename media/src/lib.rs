@@ -10,25 +10,35 @@
 //! [`rewrite::StreamRewriter`] (SSRC, sequence and timestamp continuity) and [`latch::Latch`]
 //! (where to send). The tokio adapter in `relay` only moves bytes between sockets and them.
 //!
-//! Left to others: SIP signalling and call state (node), transcoding between legs with different
-//! codecs, SRTP, RTCP rewriting (RTCP is relayed untouched), jitter buffering, recording and
-//! mixing (later issues).
+//! Beside the relay: G.711 transcoding between legs of different laws ([`codec`]), caller DTMF
+//! from RFC 4733 events ([`rfc4733`]) and in-band tones ([`dtmf`]), call recording as a tap off
+//! the relay ([`recording`]), batched socket I/O (recvmmsg/sendmmsg), and a benchmark of it all
+//! ([`bench`]).
+//!
+//! Left to others: SIP signalling and call state (node), SRTP, RTCP rewriting (RTCP is relayed
+//! untouched), jitter buffering, mixing for supervisors (later issues).
 
+pub mod bench;
 pub mod codec;
+pub mod dtmf;
 mod error;
 pub mod latch;
 pub mod pool;
 pub mod prompt;
+pub mod recording;
 mod relay;
 pub mod rewrite;
+pub mod rfc4733;
 pub mod rtp;
 pub mod sdp;
 pub mod session;
 pub mod tone;
+mod udp_batch;
 pub mod wav;
 
 pub use codec::Codec;
 pub use error::MediaError;
 pub use pool::{PortPool, RtpPort};
 pub use prompt::Prompt;
-pub use session::{CallMedia, MediaLeg, RelayCounters};
+pub use recording::{Recorder, Recording, RecordingMeta, RecordingTarget};
+pub use session::{CallMedia, DtmfDigit, DtmfSource, MediaLeg, RelayCounters};

@@ -2,31 +2,42 @@
 //! [`StreamRewriter`] cores.
 //!
 //! One task per call owns every socket of the call (caller RTP/RTCP, agent RTP/RTCP) and waits
-//! on all of them, the prompt clock and the command channel in one `select!`. On readiness it
-//! drains a bounded number of datagrams through one preallocated buffer and rewrites packets in
-//! place, so the hot path neither allocates nor copies.
+//! on all of them, the prompt clock and the command channel in one `select!`. On RTP readiness it
+//! reads every queued datagram with one `recvmmsg` into the thread's preallocated batch
+//! ([`udp_batch`](crate::udp_batch)), rewrites (and, between legs of different G.711 laws,
+//! transcodes) them in place and forwards them with one `sendmmsg`, so the hot path neither
+//! allocates nor copies. Off that path, and never able to hold it up: caller DTMF (RFC 4733
+//! events, and in-band tones in the decoded audio) goes to a bounded channel for the node, and a
+//! recording tap copies payloads to a bounded channel for the recording's writer task.
 #![allow(clippy::disallowed_methods)] // this adapter is where wall-clock time enters the cores
 
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio::time::{Interval, MissedTickBehavior};
 
-use crate::codec::Codec;
+use crate::codec::{self, Codec};
+use crate::dtmf::DtmfDetector;
 use crate::latch::Latch;
 use crate::pool::RtpPort;
 use crate::prompt::{Prompt, FRAME_MS, FRAME_SAMPLES};
+use crate::recording::{self, RecordedFrame, FRAME_PAYLOAD_BYTES_MAX};
 use crate::rewrite::StreamRewriter;
+use crate::rfc4733::EventDetector;
 use crate::rtp::{self, RtpHeader, HEADER_LEN, PACKET_BYTES_MAX};
-use crate::session::{MediaLeg, SharedCounters};
+use crate::session::{DtmfDigit, DtmfSource, MediaLeg, SharedCounters};
+use crate::udp_batch::{self, Batch, BATCH_PACKETS_MAX};
 
 /// Datagrams read from one socket per wake-up before the other sockets get a turn.
 const DRAIN_PACKETS_MAX: usize = 64;
+/// Batches read from one RTP socket per wake-up before the other sockets get a turn.
+const DRAIN_BATCHES_MAX: usize = 4;
 /// The SSRC of the prompt player's internal stream; the rewriter maps it onto the caller's
 /// outgoing SSRC like any other source.
 const PROMPT_SSRC: u32 = 0x0C0F_FEE5;
@@ -37,6 +48,28 @@ pub(crate) enum Command {
     PlayLoop(Arc<Prompt>),
     StopPlayback,
     Bridge(MediaLeg),
+    /// Start detecting the caller's DTMF and deliver digits here.
+    Dtmf(mpsc::Sender<DtmfDigit>),
+    StartRecording(RecordingTap),
+    StopRecording,
+}
+
+/// The relay's end of a recording: where frames go, and the count of those that could not.
+#[derive(Debug)]
+pub(crate) struct RecordingTap {
+    pub(crate) frames: mpsc::Sender<RecordedFrame>,
+    pub(crate) dropped: Arc<AtomicU64>,
+    pub(crate) started: Instant,
+}
+
+/// Caller DTMF detection, on once the node has asked for digits.
+struct DtmfTap {
+    digits: mpsc::Sender<DtmfDigit>,
+    events: EventDetector,
+    in_band: DtmfDetector,
+    /// Set by the first RFC 4733 event: a phone that signals out of band may also leave the
+    /// tones in its audio, and each key must count once.
+    rfc4733_seen: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,14 +86,26 @@ enum Channel {
 
 enum Event {
     Command(Option<Command>),
-    Readable(Side, Channel, io::Result<()>),
-    Tick,
+    /// A mask of the [`SOURCES`] bits (and [`TICK`]) that are ready.
+    Ready(u8),
+    Failed(Side, Channel, io::Error),
 }
+
+/// The sockets a call task waits on, each with its bit in [`Event::Ready`].
+const SOURCES: [(u8, Side, Channel); 4] = [
+    (1, Side::Caller, Channel::Rtp),
+    (2, Side::Agent, Channel::Rtp),
+    (4, Side::Caller, Channel::Rtcp),
+    (8, Side::Agent, Channel::Rtcp),
+];
+/// The prompt clock's bit in [`Event::Ready`].
+const TICK: u8 = 16;
 
 struct Leg {
     rtp: UdpSocket,
     rtcp: UdpSocket,
     codec: Codec,
+    telephone_event: Option<u8>,
     latch: Latch,
     /// Declared after the sockets so that they close before the port returns to the pool.
     _port: RtpPort,
@@ -76,16 +121,10 @@ impl Leg {
             rtp: UdpSocket::from_std(rtp)?,
             rtcp: UdpSocket::from_std(rtcp)?,
             codec: leg.codec,
+            telephone_event: leg.telephone_event,
             latch: Latch::new(leg.remote),
             _port: leg.port,
         })
-    }
-
-    fn socket(&self, channel: Channel) -> &UdpSocket {
-        match channel {
-            Channel::Rtp => &self.rtp,
-            Channel::Rtcp => &self.rtcp,
-        }
     }
 }
 
@@ -108,6 +147,10 @@ struct Relay {
     ssrc_seed: u64,
     streams_started: u64,
     counters: Arc<SharedCounters>,
+    /// Payload maps between the legs' laws when they differ: caller to agent, agent to caller.
+    transcode: Option<Box<[[u8; 256]; 2]>>,
+    dtmf: Option<DtmfTap>,
+    recording: Option<RecordingTap>,
     buf: Box<[u8; PACKET_BYTES_MAX + 1]>,
 }
 
@@ -138,6 +181,9 @@ pub(crate) async fn run(
         ssrc_seed,
         streams_started: 2,
         counters,
+        transcode: None,
+        dtmf: None,
+        recording: None,
         buf: Box::new([0; PACKET_BYTES_MAX + 1]),
     };
     tracing::debug!(%local, "call media started");
@@ -156,26 +202,71 @@ impl Relay {
                     Err(mpsc::error::TryRecvError::Disconnected) => return,
                 }
             }
-            let agent = self.agent.as_ref();
-            let event = tokio::select! {
-                command = commands.recv() => Event::Command(command),
-                ready = self.caller.rtp.readable() => Event::Readable(Side::Caller, Channel::Rtp, ready),
-                ready = self.caller.rtcp.readable() => Event::Readable(Side::Caller, Channel::Rtcp, ready),
-                ready = readable(agent.map(|a| &a.rtp)) => Event::Readable(Side::Agent, Channel::Rtp, ready),
-                ready = readable(agent.map(|a| &a.rtcp)) => Event::Readable(Side::Agent, Channel::Rtcp, ready),
-                () = tick(self.playback.as_mut().map(|p| &mut p.clock)) => Event::Tick,
-            };
+            // One poll over every source per wake-up: cheaper than `select!`, which would build
+            // and register six futures per packet, and every ready socket is served in turn.
+            let event = std::future::poll_fn(|cx| self.poll_event(cx, commands)).await;
             match event {
                 Event::Command(None) => return,
                 Event::Command(Some(command)) => self.on_command(command),
-                Event::Readable(side, channel, Ok(())) => self.drain(side, channel),
-                Event::Readable(side, channel, Err(error)) => {
+                Event::Ready(ready) => {
+                    for (bit, side, channel) in SOURCES {
+                        if ready & bit == 0 {
+                            continue;
+                        }
+                        match channel {
+                            Channel::Rtp => self.drain_rtp(side),
+                            Channel::Rtcp => self.drain_rtcp(side),
+                        }
+                    }
+                    if ready & TICK != 0 {
+                        self.send_prompt_frame();
+                    }
+                }
+                Event::Failed(side, channel, error) => {
                     // Readiness errors mean the socket itself is broken; the call cannot go on.
                     tracing::error!(?side, ?channel, %error, "media socket failed");
                     return;
                 }
-                Event::Tick => self.send_prompt_frame(),
             }
+        }
+    }
+
+    fn poll_event(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        commands: &mut mpsc::Receiver<Command>,
+    ) -> Poll<Event> {
+        if let Poll::Ready(command) = commands.poll_recv(cx) {
+            return Poll::Ready(Event::Command(command));
+        }
+        let mut ready = 0u8;
+        for (bit, side, channel) in SOURCES {
+            let leg = match side {
+                Side::Caller => &self.caller,
+                Side::Agent => match &self.agent {
+                    Some(agent) => agent,
+                    None => continue,
+                },
+            };
+            let socket = match channel {
+                Channel::Rtp => &leg.rtp,
+                Channel::Rtcp => &leg.rtcp,
+            };
+            match socket.poll_recv_ready(cx) {
+                Poll::Ready(Ok(())) => ready |= bit,
+                Poll::Ready(Err(error)) => return Poll::Ready(Event::Failed(side, channel, error)),
+                Poll::Pending => {}
+            }
+        }
+        if let Some(playback) = self.playback.as_mut() {
+            if playback.clock.poll_tick(cx).is_ready() {
+                ready |= TICK;
+            }
+        }
+        if ready == 0 {
+            Poll::Pending
+        } else {
+            Poll::Ready(Event::Ready(ready))
         }
     }
 
@@ -192,14 +283,29 @@ impl Relay {
                 });
             }
             Command::StopPlayback => self.playback = None,
+            Command::Dtmf(digits) => {
+                self.dtmf = Some(DtmfTap {
+                    digits,
+                    events: EventDetector::new(),
+                    in_band: DtmfDetector::default(),
+                    rfc4733_seen: false,
+                });
+            }
+            Command::StartRecording(tap) => self.recording = Some(tap),
+            // Dropping the sender lets the writer finish the file.
+            Command::StopRecording => self.recording = None,
             Command::Bridge(leg) => {
                 let local = leg.local_addr();
-                if leg.codec != self.caller.codec {
-                    tracing::warn!(
+                self.transcode = (leg.codec != self.caller.codec).then(|| {
+                    tracing::debug!(
                         caller = %self.caller.codec, agent = %leg.codec,
-                        "bridging legs with different codecs; audio is relayed untranscoded"
+                        "bridging legs with different codecs: transcoding"
                     );
-                }
+                    Box::new([
+                        codec::transcode_table(self.caller.codec, leg.codec),
+                        codec::transcode_table(leg.codec, self.caller.codec),
+                    ])
+                });
                 match Leg::open(leg) {
                     Ok(agent) => {
                         self.playback = None;
@@ -218,7 +324,76 @@ impl Relay {
         derive_ssrc(self.ssrc_seed, self.streams_started)
     }
 
-    fn drain(&mut self, side: Side, channel: Channel) {
+    /// Reads the RTP queued on one leg in batches and forwards what passes.
+    fn drain_rtp(&mut self, side: Side) {
+        udp_batch::with_batch(|batch| {
+            for _ in 0..DRAIN_BATCHES_MAX {
+                let Some(leg) = self.leg(side) else {
+                    return;
+                };
+                match batch.recv(&leg.rtp) {
+                    Ok(count) => {
+                        let now = Instant::now();
+                        for i in 0..count {
+                            let len = batch.lens[i];
+                            let source = batch.sources[i];
+                            let packet = &mut batch.slots[i][..len.min(PACKET_BYTES_MAX)];
+                            batch.forward[i] = match source {
+                                Some(source) if len <= PACKET_BYTES_MAX => {
+                                    self.on_rtp(side, packet, source, now)
+                                }
+                                _ => {
+                                    bump(&self.counters.invalid_packets_dropped);
+                                    false
+                                }
+                            };
+                        }
+                        self.send_batch(side, batch);
+                        if count < BATCH_PACKETS_MAX {
+                            return;
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                    Err(error) => {
+                        // e.g. an ICMP error reported on some platforms; the socket still works.
+                        tracing::debug!(?side, %error, "media receive error");
+                        return;
+                    }
+                }
+            }
+        });
+    }
+
+    fn leg(&self, side: Side) -> Option<&Leg> {
+        match side {
+            Side::Caller => Some(&self.caller),
+            Side::Agent => self.agent.as_ref(),
+        }
+    }
+
+    /// Sends the batch's forwarded packets from the other leg to its target.
+    fn send_batch(&self, from: Side, batch: &mut Batch) {
+        let forwarded = batch.forward[..batch.count].iter().filter(|f| **f).count() as u64;
+        if forwarded == 0 {
+            return;
+        }
+        let (to, counter) = match from {
+            Side::Caller => (self.agent.as_ref(), &self.counters.caller_to_agent_packets),
+            Side::Agent => (Some(&self.caller), &self.counters.agent_to_caller_packets),
+        };
+        let Some((to, target)) = to.and_then(|to| to.latch.target().map(|t| (to, t))) else {
+            return;
+        };
+        let sent = batch.send_forwarded(&to.rtp, target) as u64;
+        counter.fetch_add(sent, Ordering::Relaxed);
+        if sent < forwarded {
+            self.counters
+                .send_errors
+                .fetch_add(forwarded - sent, Ordering::Relaxed);
+        }
+    }
+
+    fn drain_rtcp(&mut self, side: Side) {
         for _ in 0..DRAIN_PACKETS_MAX {
             let leg = match side {
                 Side::Caller => &self.caller,
@@ -227,42 +402,35 @@ impl Relay {
                     None => return,
                 },
             };
-            let received = leg.socket(channel).try_recv_from(&mut self.buf[..]);
-            match received {
-                Ok((len, source)) => {
-                    let now = Instant::now();
-                    match channel {
-                        Channel::Rtp => self.on_rtp(side, len, source, now),
-                        Channel::Rtcp => self.on_rtcp(side, len, source),
-                    }
-                }
+            match leg.rtcp.try_recv_from(&mut self.buf[..]) {
+                Ok((len, source)) => self.on_rtcp(side, len, source),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(error) => {
-                    // e.g. an ICMP error reported on some platforms; the socket still works.
-                    tracing::debug!(?side, ?channel, %error, "media receive error");
+                    tracing::debug!(?side, %error, "media receive error");
                     return;
                 }
             }
         }
     }
 
-    fn on_rtp(&mut self, side: Side, len: usize, source: SocketAddr, now: Instant) {
-        // A datagram that filled the spare byte was truncated: too big to be ours.
-        if len > PACKET_BYTES_MAX || RtpHeader::parse(&self.buf[..len]).is_none() {
+    /// Handles one RTP packet received on `side`, rewriting it in place. Returns whether to
+    /// forward it to the other leg.
+    fn on_rtp(&mut self, side: Side, packet: &mut [u8], source: SocketAddr, now: Instant) -> bool {
+        let Some((header, payload)) = RtpHeader::parse_with_payload(packet) else {
             bump(&self.counters.invalid_packets_dropped);
-            return;
-        }
-        let (from, to, rewriter, counter_in, counter_out) = match side {
+            return false;
+        };
+        let (from, to, rewriter, counter_in, table) = match side {
             Side::Caller => (
                 &mut self.caller,
                 self.agent.as_ref(),
                 &mut self.to_agent,
                 &self.counters.caller_packets_in,
-                &self.counters.caller_to_agent_packets,
+                self.transcode.as_ref().map(|t| &t[0]),
             ),
             Side::Agent => {
                 let Some(agent) = self.agent.as_mut() else {
-                    return;
+                    return false;
                 };
                 // While a prompt plays, the agent's audio is received but not forwarded.
                 let to = if self.playback.is_none() {
@@ -275,28 +443,60 @@ impl Relay {
                     to,
                     &mut self.to_caller,
                     &self.counters.agent_packets_in,
-                    &self.counters.agent_to_caller_packets,
+                    self.transcode.as_ref().map(|t| &t[1]),
                 )
             }
         };
         if !from.latch.accept(source, now) {
             bump(&self.counters.foreign_packets_dropped);
-            return;
+            return false;
         }
         bump(counter_in);
-        let Some(to) = to else {
-            return;
-        };
-        let Some(target) = to.latch.target() else {
-            return;
-        };
-        let packet = &mut self.buf[..len];
-        if rewriter.rewrite(packet, now) {
-            match to.rtp.try_send_to(packet, target) {
-                Ok(_) => bump(counter_out),
-                Err(_) => bump(&self.counters.send_errors),
+        let is_audio = header.payload_type == from.codec.payload_type();
+        let is_event = from.telephone_event == Some(header.payload_type);
+        if let Some(tap) = self.recording.as_ref().filter(|_| is_audio) {
+            let channel = match side {
+                Side::Caller => recording::Channel::Caller,
+                Side::Agent => recording::Channel::Agent,
+            };
+            record(
+                tap,
+                channel,
+                from.codec,
+                &header,
+                &packet[payload.clone()],
+                now,
+                &self.counters,
+            );
+        }
+        if side == Side::Caller && (is_audio || is_event) {
+            if let Some(tap) = self.dtmf.as_mut() {
+                detect_dtmf(
+                    tap,
+                    from.codec,
+                    is_event,
+                    &header,
+                    &packet[payload.clone()],
+                    &self.counters,
+                );
             }
         }
+        let Some(to) = to else {
+            return false;
+        };
+        if is_audio {
+            if let Some(table) = table {
+                for byte in &mut packet[payload] {
+                    *byte = table[usize::from(*byte)];
+                }
+                set_payload_type(packet, to.codec.payload_type());
+            }
+        } else if is_event {
+            if let Some(pt) = to.telephone_event.filter(|pt| *pt != header.payload_type) {
+                set_payload_type(packet, pt);
+            }
+        }
+        rewriter.rewrite(packet, now)
     }
 
     fn on_rtcp(&mut self, side: Side, len: usize, source: SocketAddr) {
@@ -369,27 +569,79 @@ impl Relay {
     }
 }
 
-/// Waits for a socket that may not exist yet; pends forever for `None`, so a `select!` branch
-/// on an absent agent leg simply never fires.
-async fn readable(socket: Option<&UdpSocket>) -> io::Result<()> {
-    match socket {
-        Some(socket) => socket.readable().await,
-        None => std::future::pending().await,
-    }
-}
-
-/// The prompt clock, pending forever when nothing plays.
-async fn tick(clock: Option<&mut Interval>) {
-    match clock {
-        Some(clock) => {
-            clock.tick().await;
-        }
-        None => std::future::pending().await,
-    }
-}
-
 fn bump(counter: &AtomicU64) {
     counter.fetch_add(1, Ordering::Relaxed);
+}
+
+fn set_payload_type(packet: &mut [u8], payload_type: u8) {
+    packet[1] = (packet[1] & 0x80) | (payload_type & 0x7F);
+}
+
+/// Offers a copy of one payload to the recording's writer; a full queue costs the frame, never
+/// the relay.
+fn record(
+    tap: &RecordingTap,
+    channel: recording::Channel,
+    codec: Codec,
+    header: &RtpHeader,
+    payload: &[u8],
+    now: Instant,
+    counters: &SharedCounters,
+) {
+    let len = payload.len().min(FRAME_PAYLOAD_BYTES_MAX);
+    let mut frame = RecordedFrame {
+        channel,
+        codec,
+        arrival_us: u64::try_from(now.saturating_duration_since(tap.started).as_micros())
+            .unwrap_or(u64::MAX),
+        ssrc: header.ssrc,
+        timestamp: header.timestamp,
+        // `len` is at most FRAME_PAYLOAD_BYTES_MAX, which fits a u16.
+        len: len as u16,
+        payload: [0; FRAME_PAYLOAD_BYTES_MAX],
+    };
+    frame.payload[..len].copy_from_slice(&payload[..len]);
+    if tap.frames.try_send(frame).is_err() {
+        tap.dropped.fetch_add(1, Ordering::Relaxed);
+        bump(&counters.recording_frames_dropped);
+    }
+}
+
+/// Runs the caller's packet through the RFC 4733 or the in-band detector.
+fn detect_dtmf(
+    tap: &mut DtmfTap,
+    codec: Codec,
+    is_event: bool,
+    header: &RtpHeader,
+    payload: &[u8],
+    counters: &SharedCounters,
+) {
+    let found = if is_event {
+        tap.rfc4733_seen = true;
+        tap.events
+            .push(header.timestamp, payload)
+            .map(|digit| (digit, DtmfSource::Rfc4733))
+    } else if tap.rfc4733_seen {
+        None
+    } else {
+        let mut pcm = [0i16; FRAME_PAYLOAD_BYTES_MAX];
+        let len = payload.len().min(FRAME_PAYLOAD_BYTES_MAX);
+        codec.decode_into(&payload[..len], &mut pcm[..len]);
+        tap.in_band
+            .push(&pcm[..len])
+            .map(|digit| (digit, DtmfSource::InBand))
+    };
+    if let Some((digit, source)) = found {
+        bump(&counters.dtmf_digits);
+        if tap.digits.try_send(DtmfDigit { digit, source }).is_err() {
+            bump(&counters.dtmf_digits_dropped);
+        }
+    }
+}
+
+/// The wall clock of the media tasks (this module is where time enters).
+pub(crate) fn now() -> Instant {
+    Instant::now()
 }
 
 /// SplitMix64 of the seed and a stream number: distinct, well-spread SSRCs per call.

@@ -23,35 +23,24 @@ impl RtpHeader {
     /// padding all fit in `packet`. Returns `None` for anything else (hostile input is dropped,
     /// never trusted).
     pub fn parse(packet: &[u8]) -> Option<RtpHeader> {
-        if packet.len() < HEADER_LEN || packet[0] >> 6 != 2 {
-            return None;
-        }
-        let csrc_count = usize::from(packet[0] & 0x0F);
-        let mut header_len = HEADER_LEN + 4 * csrc_count;
-        if packet.len() < header_len {
-            return None;
-        }
-        if packet[0] & 0x10 != 0 {
-            let ext = packet.get(header_len..header_len + 4)?;
-            header_len += 4 + 4 * usize::from(u16::from_be_bytes([ext[2], ext[3]]));
-            if packet.len() < header_len {
-                return None;
-            }
-        }
-        if packet[0] & 0x20 != 0 {
-            // The last byte counts the padding, itself included.
-            let padding = usize::from(packet[packet.len() - 1]);
-            if padding == 0 || header_len + padding > packet.len() {
-                return None;
-            }
-        }
-        Some(RtpHeader {
+        payload_range(packet).map(|_| RtpHeader::read_fixed(packet))
+    }
+
+    /// The fixed header fields of a packet already checked by [`payload_range`].
+    fn read_fixed(packet: &[u8]) -> RtpHeader {
+        RtpHeader {
             marker: packet[1] & 0x80 != 0,
             payload_type: packet[1] & 0x7F,
             sequence: u16::from_be_bytes([packet[2], packet[3]]),
             timestamp: u32::from_be_bytes([packet[4], packet[5], packet[6], packet[7]]),
             ssrc: u32::from_be_bytes([packet[8], packet[9], packet[10], packet[11]]),
-        })
+        }
+    }
+
+    /// As [`RtpHeader::parse`], also giving where the payload lies in `packet` (after CSRCs and
+    /// extension, before padding).
+    pub fn parse_with_payload(packet: &[u8]) -> Option<(RtpHeader, std::ops::Range<usize>)> {
+        payload_range(packet).map(|range| (RtpHeader::read_fixed(packet), range))
     }
 
     /// Writes this header as a plain fixed header (no CSRC, extension or padding) into the
@@ -66,6 +55,35 @@ impl RtpHeader {
         buf[4..8].copy_from_slice(&self.timestamp.to_be_bytes());
         buf[8..12].copy_from_slice(&self.ssrc.to_be_bytes());
     }
+}
+
+/// Validates an RTP packet (version 2; CSRC list, header extension and padding all fit) and
+/// returns the byte range of its payload.
+pub fn payload_range(packet: &[u8]) -> Option<std::ops::Range<usize>> {
+    if packet.len() < HEADER_LEN || packet[0] >> 6 != 2 {
+        return None;
+    }
+    let csrc_count = usize::from(packet[0] & 0x0F);
+    let mut header_len = HEADER_LEN + 4 * csrc_count;
+    if packet.len() < header_len {
+        return None;
+    }
+    if packet[0] & 0x10 != 0 {
+        let ext = packet.get(header_len..header_len + 4)?;
+        header_len += 4 + 4 * usize::from(u16::from_be_bytes([ext[2], ext[3]]));
+        if packet.len() < header_len {
+            return None;
+        }
+    }
+    let mut padding = 0;
+    if packet[0] & 0x20 != 0 {
+        // The last byte counts the padding, itself included.
+        padding = usize::from(packet[packet.len() - 1]);
+        if padding == 0 || header_len + padding > packet.len() {
+            return None;
+        }
+    }
+    Some(header_len..packet.len() - padding)
 }
 
 /// Overwrites marker, sequence, timestamp and SSRC of a packet already validated by
@@ -143,6 +161,19 @@ mod tests {
             (h.marker, h.payload_type, h.sequence, h.timestamp, h.ssrc),
             (false, 8, 7, 9, 11)
         );
+    }
+
+    #[test]
+    fn payload_range_skips_csrcs_extension_and_padding() {
+        let mut buf = [0u8; 40];
+        header().write(&mut buf);
+        assert_eq!(payload_range(&buf), Some(12..40));
+        buf[0] |= 0x01 | 0x10 | 0x20; // one CSRC, an extension, padding
+        buf[18..20].copy_from_slice(&1u16.to_be_bytes()); // one extension word
+        buf[39] = 4;
+        assert_eq!(payload_range(&buf), Some(24..36));
+        let (h, range) = RtpHeader::parse_with_payload(&buf).expect("valid");
+        assert_eq!((h.sequence, range), (0xBEEF, 24..36));
     }
 
     #[test]

@@ -3,14 +3,15 @@
 //!
 //! Call order: [`PortPool::allocate`](crate::PortPool::allocate) for the caller, then
 //! [`CallMedia::start`] (inside a tokio runtime), then any number of [`CallMedia::play_loop`],
-//! [`CallMedia::bridge`] and [`CallMedia::stop_playback`], then [`CallMedia::stop`] or drop.
-//! Ports go back to the pool when the task ends.
+//! [`CallMedia::bridge`], [`CallMedia::stop_playback`], [`CallMedia::take_dtmf`] (once),
+//! [`CallMedia::start_recording`] and [`CallMedia::stop_recording`], then [`CallMedia::stop`]
+//! or drop. Ports go back to the pool when the task ends.
 
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -18,11 +19,34 @@ use tokio::task::JoinHandle;
 use crate::codec::Codec;
 use crate::pool::RtpPort;
 use crate::prompt::Prompt;
-use crate::relay::{self, Command};
+use crate::recording::{RecordingMeta, RecordingTarget, FRAME_QUEUE_DEPTH_MAX};
+use crate::relay::{self, Command, RecordingTap};
 use crate::MediaError;
 
 /// Commands that may wait for the media task; the node sends a handful per call.
 pub const COMMAND_QUEUE_DEPTH_MAX: usize = 16;
+/// Detected digits that may wait for the node; more are counted and dropped.
+pub const DTMF_QUEUE_DEPTH_MAX: usize = 32;
+/// The payload type taken for telephone-events when the node does not say (the one nearly every
+/// phone uses).
+pub const TELEPHONE_EVENT_PT_DEFAULT: u8 = 101;
+
+/// How a digit reached us.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DtmfSource {
+    /// An RFC 4733 telephone-event packet.
+    Rfc4733,
+    /// Tones in the caller's audio.
+    InBand,
+}
+
+/// A key the caller pressed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DtmfDigit {
+    /// `0`-`9`, `*`, `#`, `A`-`D`.
+    pub digit: char,
+    pub source: DtmfSource,
+}
 
 /// One side of a call as the media task sees it: our local port, the codec negotiated on that
 /// side, and the address its SDP gave (sent to until the phone's own packets arrive).
@@ -31,15 +55,26 @@ pub struct MediaLeg {
     pub(crate) port: RtpPort,
     pub(crate) codec: Codec,
     pub(crate) remote: Option<SocketAddr>,
+    pub(crate) telephone_event: Option<u8>,
 }
 
 impl MediaLeg {
+    /// A leg whose telephone-events, if any, use payload type
+    /// [`TELEPHONE_EVENT_PT_DEFAULT`]; see [`MediaLeg::with_telephone_event`].
     pub fn new(port: RtpPort, codec: Codec, remote: Option<SocketAddr>) -> MediaLeg {
         MediaLeg {
             port,
             codec,
             remote,
+            telephone_event: Some(TELEPHONE_EVENT_PT_DEFAULT),
         }
+    }
+
+    /// Sets the negotiated telephone-event payload type (`sdp` gives it), or `None` if the leg
+    /// negotiated none.
+    pub fn with_telephone_event(mut self, payload_type: Option<u8>) -> MediaLeg {
+        self.telephone_event = payload_type;
+        self
     }
 
     /// Our RTP address on this leg.
@@ -73,6 +108,12 @@ pub struct RelayCounters {
     pub foreign_packets_dropped: u64,
     /// Sends the OS refused (buffer full, unreachable); the packet is lost, the call goes on.
     pub send_errors: u64,
+    /// Recording frames dropped because the writer was behind (the relay never waits).
+    pub recording_frames_dropped: u64,
+    /// Caller digits detected (both kinds).
+    pub dtmf_digits: u64,
+    /// Digits dropped because the node did not read them.
+    pub dtmf_digits_dropped: u64,
 }
 
 /// The counters as the media task updates them.
@@ -87,6 +128,9 @@ pub(crate) struct SharedCounters {
     pub(crate) invalid_packets_dropped: AtomicU64,
     pub(crate) foreign_packets_dropped: AtomicU64,
     pub(crate) send_errors: AtomicU64,
+    pub(crate) recording_frames_dropped: AtomicU64,
+    pub(crate) dtmf_digits: AtomicU64,
+    pub(crate) dtmf_digits_dropped: AtomicU64,
 }
 
 impl SharedCounters {
@@ -102,6 +146,9 @@ impl SharedCounters {
             invalid_packets_dropped: get(&self.invalid_packets_dropped),
             foreign_packets_dropped: get(&self.foreign_packets_dropped),
             send_errors: get(&self.send_errors),
+            recording_frames_dropped: get(&self.recording_frames_dropped),
+            dtmf_digits: get(&self.dtmf_digits),
+            dtmf_digits_dropped: get(&self.dtmf_digits_dropped),
         }
     }
 }
@@ -113,6 +160,8 @@ pub struct CallMedia {
     counters: Arc<SharedCounters>,
     task: Option<JoinHandle<()>>,
     caller_addr: SocketAddr,
+    dtmf_taken: Mutex<bool>,
+    recording: Mutex<Option<JoinHandle<RecordingMeta>>>,
 }
 
 impl CallMedia {
@@ -142,6 +191,8 @@ impl CallMedia {
             counters,
             task: Some(task),
             caller_addr,
+            dtmf_taken: Mutex::new(false),
+            recording: Mutex::new(None),
         }
     }
 
@@ -175,6 +226,65 @@ impl CallMedia {
     /// (and its ports) is dropped.
     pub fn try_bridge(&self, agent: MediaLeg) -> Result<(), MediaError> {
         self.send(Command::Bridge(agent))
+    }
+
+    /// The caller's DTMF, once: digits from RFC 4733 telephone-events and from tones in the
+    /// caller's audio (the latter ignored once the phone has sent an event, so a key counts
+    /// once). Detection runs from this call on; `None` if already taken or the task has ended.
+    /// Digits the receiver leaves unread beyond [`DTMF_QUEUE_DEPTH_MAX`] are dropped.
+    pub fn take_dtmf(&self) -> Option<mpsc::Receiver<DtmfDigit>> {
+        // A poisoned flag only means another thread panicked while holding it; the bool is
+        // still meaningful.
+        let mut taken = self.dtmf_taken.lock().unwrap_or_else(|e| e.into_inner());
+        if *taken {
+            return None;
+        }
+        let (sender, receiver) = mpsc::channel(DTMF_QUEUE_DEPTH_MAX);
+        self.send(Command::Dtmf(sender)).ok()?;
+        *taken = true;
+        Some(receiver)
+    }
+
+    /// Starts recording the call into a new stereo WAV file (caller left, agent right) named
+    /// after the target's start and call id. Refused if recording is disabled, paused at the
+    /// disk limit, already running, or the file cannot be created; the call is unaffected.
+    /// Must be called inside a tokio runtime (it spawns the writer task).
+    pub fn start_recording(&self, target: RecordingTarget) -> Result<(), MediaError> {
+        let mut slot = self.recording.lock().unwrap_or_else(|e| e.into_inner());
+        if slot.as_ref().is_some_and(|writer| !writer.is_finished()) {
+            return Err(MediaError::RecordingActive);
+        }
+        if self.task.is_none() {
+            return Err(MediaError::SessionEnded);
+        }
+        let recorder = Arc::clone(&target.recorder);
+        let writer = recorder.open(target)?;
+        let (frames, receiver) = mpsc::channel(FRAME_QUEUE_DEPTH_MAX);
+        let dropped = Arc::new(AtomicU64::new(0));
+        let tap = RecordingTap {
+            frames,
+            dropped: Arc::clone(&dropped),
+            started: relay::now(),
+        };
+        // If the command cannot be queued the tap (and so the sender) is dropped with it, and
+        // the writer closes an empty file at once.
+        let handle = tokio::spawn(writer.run(receiver, dropped));
+        let sent = self.send(Command::StartRecording(tap));
+        *slot = Some(handle);
+        sent
+    }
+
+    /// Stops the recording and waits for its file to be complete; returns what to index.
+    /// `None` if nothing was being recorded.
+    pub async fn stop_recording(&self) -> Option<RecordingMeta> {
+        let handle = self
+            .recording
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()?;
+        // If the task has ended its tap is gone already and the writer finishes by itself.
+        let _ = self.send(Command::StopRecording);
+        handle.await.ok()
     }
 
     /// A snapshot of the packet counters.

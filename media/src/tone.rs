@@ -89,6 +89,21 @@ pub fn sine(hz: f32, ms: u32, level: f32) -> Vec<i16> {
         .collect()
 }
 
+/// A DTMF key as two sines (row and column tone) for `ms` milliseconds, each tone at `level`
+/// (0..1 of full scale); `None` for a character that is not a key. For simulated phones and
+/// tests.
+pub fn dtmf(digit: char, ms: u32, level: f32) -> Option<Vec<i16>> {
+    let (row_hz, column_hz) = crate::dtmf::key_frequencies(digit)?;
+    let row = sine(row_hz, ms, level);
+    let column = sine(column_hz, ms, level);
+    Some(
+        row.iter()
+            .zip(&column)
+            .map(|(a, b)| a.saturating_add(*b))
+            .collect(),
+    )
+}
+
 fn midi_hz(note: u8) -> f32 {
     440.0 * 2f32.powf((f32::from(note) - 69.0) / 12.0)
 }

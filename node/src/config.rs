@@ -48,6 +48,10 @@ pub struct Config {
     pub numbers: Vec<NumberConfig>,
     #[serde(default)]
     pub blacklist: Blacklist,
+    /// Present when the node is one member of a Raft cluster; absent, the node runs
+    /// standalone with an in-process routing log.
+    #[serde(default)]
+    pub cluster: Option<ClusterSection>,
     /// The directory the config file sits in; relative paths resolve against it.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -132,6 +136,10 @@ pub struct QueueSection {
     pub wrapup_s: f64,
     #[serde(default = "default_ring_timeout")]
     pub ring_timeout_s: f64,
+    /// How long a call waits for an agent at its own site before any site's agent will
+    /// do (0: any site at once; a local agent is still preferred among free ones).
+    #[serde(default)]
+    pub local_wait_s: f64,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -139,6 +147,47 @@ pub struct QueueSection {
 pub struct NumberConfig {
     pub number: String,
     pub queue: String,
+}
+
+/// The node's place in a cluster: its Raft transport, its certificates, the members.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSection {
+    /// Raft over QUIC listens here (UDP).
+    pub listen: SocketAddr,
+    /// The cluster CA's certificate and this node's certificate and key (PEM), as made by
+    /// `carillon certs`.
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Initialise the cluster from `members` when this node's log is empty. Every founding
+    /// member may set it with the same member list.
+    #[serde(default = "default_true")]
+    pub bootstrap: bool,
+    #[serde(default = "default_election_min")]
+    pub election_timeout_min_ms: u64,
+    #[serde(default = "default_election_max")]
+    pub election_timeout_max_ms: u64,
+    #[serde(default = "default_heartbeat")]
+    pub heartbeat_ms: u64,
+    /// A node whose liveness lease is older than this is declared down.
+    #[serde(default = "default_lease")]
+    pub lease_ms: u64,
+    #[serde(default = "default_snapshot_logs")]
+    pub snapshot_after_logs: u64,
+    /// The founding members, this node included.
+    pub members: Vec<MemberConfig>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemberConfig {
+    /// `n1`, `n2`... as in the node's certificate.
+    pub id: String,
+    pub raft: SocketAddr,
+    pub sip: SocketAddr,
+    pub http: SocketAddr,
+    pub site: String,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -165,6 +214,33 @@ fn default_pending_max() -> usize {
 }
 fn default_ring_timeout() -> f64 {
     15.0
+}
+fn default_true() -> bool {
+    true
+}
+fn default_election_min() -> u64 {
+    1_000
+}
+fn default_election_max() -> u64 {
+    2_000
+}
+fn default_heartbeat() -> u64 {
+    250
+}
+fn default_lease() -> u64 {
+    3_000
+}
+fn default_snapshot_logs() -> u64 {
+    10_000
+}
+
+/// `n3` or `3` to 3: the numeric id Raft uses for a node named in config or on the CLI.
+pub fn parse_node_id(text: &str) -> Option<u64> {
+    let digits = text.strip_prefix('n').unwrap_or(text);
+    if digits.is_empty() || digits.len() > 18 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
 }
 
 /// An IPv4 or IPv6 network in CIDR form.
@@ -407,12 +483,21 @@ impl Config {
                     "must be between 0 and 3600 seconds".into(),
                 ));
             }
+            if !(0.0..=3600.0).contains(&q.local_wait_s) {
+                return Err(bad(
+                    format!("queues[{i}].local_wait_s"),
+                    "must be between 0 and 3600 seconds".into(),
+                ));
+            }
             if !(1.0..=600.0).contains(&q.ring_timeout_s) {
                 return Err(bad(
                     format!("queues[{i}].ring_timeout_s"),
                     "must be between 1 and 600 seconds".into(),
                 ));
             }
+        }
+        if let Some(cluster) = &self.cluster {
+            self.validate_cluster(cluster, &bad)?;
         }
         let mut numbers = BTreeSet::new();
         for (i, n) in self.numbers.iter().enumerate() {
@@ -436,6 +521,112 @@ impl Config {
             }
         }
         Ok(())
+    }
+}
+
+impl Config {
+    /// This node's numeric Raft id (validated at load when a cluster is configured).
+    pub fn node_number(&self) -> Option<u64> {
+        parse_node_id(&self.node.id)
+    }
+
+    fn validate_cluster(
+        &self,
+        c: &ClusterSection,
+        bad: &dyn Fn(String, String) -> ConfigError,
+    ) -> Result<(), ConfigError> {
+        let Some(me) = parse_node_id(&self.node.id) else {
+            return Err(bad(
+                "node.id".into(),
+                format!(
+                    "`{}` must be `n` and a number (n1, n2...) in a cluster: Raft and the certificates name nodes by number",
+                    self.node.id
+                ),
+            ));
+        };
+        if c.election_timeout_min_ms < 2 * c.heartbeat_ms.max(1) {
+            return Err(bad(
+                "cluster.election_timeout_min_ms".into(),
+                "must be at least twice cluster.heartbeat_ms".into(),
+            ));
+        }
+        if c.election_timeout_max_ms <= c.election_timeout_min_ms {
+            return Err(bad(
+                "cluster.election_timeout_max_ms".into(),
+                "must be greater than cluster.election_timeout_min_ms".into(),
+            ));
+        }
+        if c.lease_ms < c.heartbeat_ms.max(1) * 2 || c.lease_ms > 600_000 {
+            return Err(bad(
+                "cluster.lease_ms".into(),
+                "must be between twice the heartbeat and 600000 ms".into(),
+            ));
+        }
+        if c.snapshot_after_logs == 0 {
+            return Err(bad(
+                "cluster.snapshot_after_logs".into(),
+                "must be at least 1".into(),
+            ));
+        }
+        let mut ids = BTreeSet::new();
+        for (i, m) in c.members.iter().enumerate() {
+            let Some(id) = parse_node_id(&m.id) else {
+                return Err(bad(
+                    format!("cluster.members[{i}].id"),
+                    format!("`{}` must be `n` and a number (n1, n2...)", m.id),
+                ));
+            };
+            if !ids.insert(id) {
+                return Err(bad(
+                    format!("cluster.members[{i}].id"),
+                    format!("member {} is listed twice", m.id),
+                ));
+            }
+            if m.site.trim().is_empty() {
+                return Err(bad(
+                    format!("cluster.members[{i}].site"),
+                    "must not be empty".into(),
+                ));
+            }
+            if id == me {
+                if m.raft != c.listen {
+                    return Err(bad(
+                        format!("cluster.members[{i}].raft"),
+                        format!(
+                            "this node's own entry says {} but cluster.listen is {}",
+                            m.raft, c.listen
+                        ),
+                    ));
+                }
+                if m.site != self.node.site {
+                    return Err(bad(
+                        format!("cluster.members[{i}].site"),
+                        format!(
+                            "this node's own entry says `{}` but node.site is `{}`",
+                            m.site, self.node.site
+                        ),
+                    ));
+                }
+            }
+        }
+        if c.bootstrap && !ids.contains(&me) {
+            return Err(bad(
+                "cluster.members".into(),
+                format!(
+                    "bootstrap is on but this node ({}) is not among the members",
+                    self.node.id
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn cluster_member(&self, id: u64) -> Option<&MemberConfig> {
+        self.cluster
+            .as_ref()?
+            .members
+            .iter()
+            .find(|m| parse_node_id(&m.id) == Some(id))
     }
 }
 
@@ -529,6 +720,50 @@ queue = "support"
         assert!(e.to_string().contains("agents[0].ids"), "{e}");
         let e = load(&GOOD.replace("\"2001\"", "\"1002\"")).expect_err("dup agent");
         assert!(e.to_string().contains("defined twice"), "{e}");
+    }
+
+    const CLUSTER: &str = r#"
+[cluster]
+listen = "127.0.0.1:7000"
+ca = "certs/ca.pem"
+cert = "certs/n1.pem"
+key = "certs/n1.key"
+[[cluster.members]]
+id = "n1"
+raft = "127.0.0.1:7000"
+sip = "127.0.0.1:5060"
+http = "127.0.0.1:8080"
+site = "hq"
+[[cluster.members]]
+id = "n2"
+raft = "127.0.0.2:7000"
+sip = "127.0.0.2:5060"
+http = "127.0.0.2:8080"
+site = "branch"
+"#;
+
+    #[test]
+    fn cluster_section_loads_with_defaults_and_checks_its_own_entry() {
+        let text = format!("{}{CLUSTER}", GOOD.replace("data_dir", "site = \"hq\"\ndata_dir"));
+        let c = load(&text).expect("valid cluster");
+        let cl = c.cluster.as_ref().expect("cluster");
+        assert_eq!(cl.election_timeout_min_ms, 1_000);
+        assert_eq!(cl.lease_ms, 3_000);
+        assert!(cl.bootstrap);
+        assert_eq!(c.node_number(), Some(1));
+        assert_eq!(c.cluster_member(2).map(|m| m.site.as_str()), Some("branch"));
+        let e = load(&text.replace("listen = \"127.0.0.1:7000\"", "listen = \"127.0.0.1:7001\""))
+            .expect_err("own raft addr mismatch");
+        assert!(e.to_string().contains("cluster.members[0].raft"), "{e}");
+        let e = load(&text.replace("id = \"n2\"", "id = \"n1\"")).expect_err("dup member");
+        assert!(e.to_string().contains("listed twice"), "{e}");
+        let e = load(&text.replace("[node]\nid = \"n1\"", "[node]\nid = \"one\""))
+            .expect_err("bad node id");
+        assert!(e.to_string().contains("node.id"), "{e}");
+        assert_eq!(parse_node_id("n12"), Some(12));
+        assert_eq!(parse_node_id("7"), Some(7));
+        assert_eq!(parse_node_id("nx"), None);
+        assert_eq!(parse_node_id(""), None);
     }
 
     #[test]

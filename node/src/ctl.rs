@@ -24,12 +24,30 @@ pub async fn http_post(node: &str, path: &str) -> anyhow::Result<String> {
 }
 
 async fn http_request(node: &str, method: &str, path: &str) -> anyhow::Result<String> {
+    http_send(node, method, path, None).await
+}
+
+/// Sends one request with an optional JSON body and returns the response body.
+pub async fn http_send(
+    node: &str,
+    method: &str,
+    path: &str,
+    json: Option<&str>,
+) -> anyhow::Result<String> {
     let work = async {
         let mut stream = TcpStream::connect(node)
             .await
             .with_context(|| format!("cannot reach node at {node} (is it running? see --node)"))?;
-        let request =
-            format!("{method} {path} HTTP/1.1\r\nHost: {node}\r\nConnection: close\r\nContent-Length: 0\r\nAccept: application/json\r\n\r\n");
+        let body = json.unwrap_or("");
+        let content_type = if json.is_some() {
+            "Content-Type: application/json\r\n"
+        } else {
+            ""
+        };
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {node}\r\nConnection: close\r\n{content_type}Content-Length: {}\r\nAccept: application/json\r\n\r\n{body}",
+            body.len()
+        );
         stream.write_all(request.as_bytes()).await?;
         let mut raw = Vec::new();
         (&mut stream)
@@ -134,6 +152,72 @@ pub async fn cdr_list(node: &str, json: bool, limit: usize) -> anyhow::Result<()
         );
     }
     println!("{} call(s)", cdrs.len());
+    Ok(())
+}
+
+/// `ctl cluster status`: leader, term, and every member with how far it has applied.
+pub async fn cluster_status(node: &str, json: bool) -> anyhow::Result<()> {
+    let body = http_get(node, "/api/cluster").await?;
+    let status: serde_json::Value =
+        serde_json::from_str(&body).context("node sent a cluster status ctl cannot read")?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+        return Ok(());
+    }
+    let text = |v: &serde_json::Value| match v {
+        serde_json::Value::Null => "-".to_string(),
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    println!(
+        "leader {}  term {}  (asked {}; last log index {})",
+        text(&status["leader"]),
+        text(&status["term"]),
+        text(&status["node"]),
+        text(&status["last_log_index"])
+    );
+    println!(
+        "{:<6} {:<22} {:<10} {:<8} {:>12} {:>6} {:<9}",
+        "ID", "RAFT ADDR", "SITE", "ROLE", "LAST APPLIED", "LAG", "REACHABLE"
+    );
+    for m in status["members"].as_array().map(Vec::as_slice).unwrap_or(&[]) {
+        println!(
+            "{:<6} {:<22} {:<10} {:<8} {:>12} {:>6} {:<9}",
+            text(&m["id"]),
+            text(&m["addr"]),
+            text(&m["site"]),
+            text(&m["role"]),
+            text(&m["last_applied"]),
+            text(&m["lag"]),
+            if m["reachable"].as_bool() == Some(true) {
+                "yes"
+            } else {
+                "NO"
+            }
+        );
+    }
+    Ok(())
+}
+
+/// `ctl cluster add-node ID ADDR`: sent to the leader, which adds a learner, waits for it
+/// to catch up and promotes it.
+pub async fn cluster_add_node(
+    node: &str,
+    id: &str,
+    addr: &str,
+    site: Option<&str>,
+    sip: Option<&str>,
+    http: Option<&str>,
+) -> anyhow::Result<()> {
+    let req = serde_json::json!({ "id": id, "addr": addr, "site": site, "sip": sip, "http": http });
+    let body = http_send(node, "POST", "/api/cluster/nodes", Some(&req.to_string())).await?;
+    println!("{}", body.trim());
+    Ok(())
+}
+
+pub async fn cluster_remove_node(node: &str, id: &str) -> anyhow::Result<()> {
+    let body = http_send(node, "DELETE", &format!("/api/cluster/nodes/{id}"), None).await?;
+    println!("{}", body.trim());
     Ok(())
 }
 

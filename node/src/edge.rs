@@ -187,6 +187,8 @@ async fn register(shared: &Shared, tx: &mut Transaction) {
                 let cmd = Command::AgentLogin {
                     agent: agent.clone(),
                     skills,
+                    node: shared.node_number,
+                    site: shared.config.node.site.clone(),
                     at: now,
                 };
                 if let Err(e) = shared.routing.propose(cmd).await {
@@ -219,6 +221,15 @@ async fn register(shared: &Shared, tx: &mut Transaction) {
 }
 
 pub async fn logout(shared: &Shared, agent: &str, now: u64) {
+    // In a cluster the phone may since have registered at another node; that node owns
+    // the agent now, and a lapse here must not log it out there.
+    if shared.routing.cluster().is_some() {
+        let home = shared.routing.read(|acd| acd.agent_node(agent));
+        if home.is_some() && home != Some(shared.node_number) {
+            debug!(%agent, ?home, "registration lapsed here but the agent is at another node");
+            return;
+        }
+    }
     let cmd = Command::AgentLogout {
         agent: agent.to_string(),
         at: now,
@@ -247,6 +258,14 @@ async fn invite(shared: Arc<Shared>, mut tx: Transaction) {
         sip::reply(&mut tx, StatusCode::BadRequest, vec![]).await;
         return;
     };
+    if let Some(peer) = shared
+        .routing
+        .cluster()
+        .and_then(|c| c.peer_by_sip(source))
+    {
+        crate::peer_leg::run(shared, tx, peer).await;
+        return;
+    }
     let trunk = shared
         .trunks
         .iter()

@@ -25,6 +25,10 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     let app = Router::new()
         .route("/health", get(|| async { "ok" }))
+        .route("/ready", get(ready))
+        .route("/api/cluster", get(cluster_status))
+        .route("/api/cluster/nodes", post(cluster_add))
+        .route("/api/cluster/nodes/{id}", axum::routing::delete(cluster_remove))
         .route("/api/status", get(status))
         .route("/api/cdrs", get(cdrs))
         .route("/api/agents/{agent}/ready", post(agent_ready))
@@ -32,6 +36,94 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
         .with_state(shared);
     if let Err(e) = axum::serve(listener, app).await {
         tracing::error!(error = %e, "HTTP server stopped");
+    }
+}
+
+/// Ready to take calls: standalone, or in a cluster that has a leader.
+async fn ready(State(shared): State<Arc<Shared>>) -> Response {
+    match shared.routing.cluster() {
+        None => "ready".into_response(),
+        Some(c) => match c.leader() {
+            Some(l) => format!("ready (leader n{l})").into_response(),
+            None => (StatusCode::SERVICE_UNAVAILABLE, "no cluster leader").into_response(),
+        },
+    }
+}
+
+fn no_cluster() -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        "this node runs standalone (no [cluster] section in its config)",
+    )
+        .into_response()
+}
+
+async fn cluster_status(State(shared): State<Arc<Shared>>) -> Response {
+    match shared.routing.cluster() {
+        None => no_cluster(),
+        Some(c) => Json(c.status().await).into_response(),
+    }
+}
+
+/// `ctl cluster add-node`: the new node's Raft address, and where its SIP and HTTP
+/// listen and which site it serves (by default the Raft address's host with the
+/// conventional ports 5060 and 8080, and the site `default`).
+#[derive(Deserialize)]
+struct AddNode {
+    id: String,
+    addr: String,
+    site: Option<String>,
+    sip: Option<String>,
+    http: Option<String>,
+}
+
+async fn cluster_add(State(shared): State<Arc<Shared>>, Json(req): Json<AddNode>) -> Response {
+    let Some(cluster) = shared.routing.cluster() else {
+        return no_cluster();
+    };
+    let Some(id) = crate::config::parse_node_id(&req.id) else {
+        return (
+            StatusCode::BAD_REQUEST,
+            format!("`{}` is not a node id (n4, or 4)", req.id),
+        )
+            .into_response();
+    };
+    let raft: SocketAddr = match req.addr.parse() {
+        Ok(a) => a,
+        Err(_) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                format!("`{}` is not an address (host:port)", req.addr),
+            )
+                .into_response()
+        }
+    };
+    let member = carillon_consensus::types::Member {
+        raft_addr: raft.to_string(),
+        site: req.site.unwrap_or_else(|| "default".into()),
+        sip_addr: req
+            .sip
+            .unwrap_or_else(|| SocketAddr::new(raft.ip(), 5060).to_string()),
+        http_addr: req
+            .http
+            .unwrap_or_else(|| SocketAddr::new(raft.ip(), 8080).to_string()),
+    };
+    match cluster.add_node(id, member).await {
+        Ok(()) => Json(serde_json::json!({ "added": format!("n{id}") })).into_response(),
+        Err(e) => (StatusCode::CONFLICT, format!("{e:#}")).into_response(),
+    }
+}
+
+async fn cluster_remove(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> Response {
+    let Some(cluster) = shared.routing.cluster() else {
+        return no_cluster();
+    };
+    let Some(n) = crate::config::parse_node_id(&id) else {
+        return (StatusCode::BAD_REQUEST, format!("`{id}` is not a node id")).into_response();
+    };
+    match cluster.remove_node(n).await {
+        Ok(()) => Json(serde_json::json!({ "removed": format!("n{n}") })).into_response(),
+        Err(e) => (StatusCode::CONFLICT, format!("{e:#}")).into_response(),
     }
 }
 

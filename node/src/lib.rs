@@ -13,6 +13,7 @@
 pub mod bench;
 pub mod call;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod ctl;
 pub mod demo;
@@ -20,6 +21,7 @@ pub mod digest;
 pub mod edge;
 pub mod http;
 pub mod node;
+pub mod peer_leg;
 pub mod registrar;
 pub mod routing_log;
 pub mod sim;

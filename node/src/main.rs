@@ -34,6 +34,19 @@ enum Cmd {
         #[command(subcommand)]
         what: BenchCmd,
     },
+    /// Make a cluster CA and one certificate per node (PEM files).
+    Certs {
+        /// Directory to write `ca.pem`, `ca.key`, `n1.pem`, `n1.key`...
+        #[arg(long)]
+        out: PathBuf,
+        /// Node names, comma separated (`n1,n2,n3`). With an existing CA in --out, only
+        /// the named nodes' certificates are made, signed by it.
+        #[arg(long, value_delimiter = ',', required = true)]
+        nodes: Vec<String>,
+        /// Replace files that already exist.
+        #[arg(long)]
+        force: bool,
+    },
     /// Administer a running node.
     Ctl {
         /// The node's HTTP address (HOST:PORT).
@@ -65,6 +78,39 @@ enum CtlCmd {
         #[command(subcommand)]
         action: AgentCmd,
     },
+    /// The Raft cluster: status and membership.
+    Cluster {
+        #[command(subcommand)]
+        action: ClusterCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClusterCmd {
+    /// Leader, term, members, last applied index and lag per node.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add a node: it joins as a learner, catches up, then becomes a voter. Send it to
+    /// the leader.
+    AddNode {
+        /// `n4` (or 4).
+        id: String,
+        /// Its Raft (QUIC) address, HOST:PORT.
+        addr: String,
+        /// Its site (default `default`).
+        #[arg(long)]
+        site: Option<String>,
+        /// Its SIP address (default: the Raft host, port 5060).
+        #[arg(long)]
+        sip: Option<String>,
+        /// Its HTTP address (default: the Raft host, port 8080).
+        #[arg(long)]
+        http: Option<String>,
+    },
+    /// Remove a node from the cluster. Send it to the leader.
+    RemoveNode { id: String },
 }
 
 #[derive(Subcommand)]
@@ -125,12 +171,39 @@ async fn main() -> std::process::ExitCode {
             init_logs(cli.log_json, "warn,rsipstack=error");
             carillon::bench::sip::run(args).await
         }
+        Cmd::Certs { out, nodes, force } => {
+            init_logs(cli.log_json, "warn");
+            certs(&out, &nodes, force)
+        }
         Cmd::Ctl { node, what } => {
             init_logs(cli.log_json, "warn");
             match what {
                 CtlCmd::Cdr {
                     action: CdrCmd::List { json, limit },
                 } => carillon::ctl::cdr_list(&node, json, limit).await,
+                CtlCmd::Cluster { action } => match action {
+                    ClusterCmd::Status { json } => carillon::ctl::cluster_status(&node, json).await,
+                    ClusterCmd::AddNode {
+                        id,
+                        addr,
+                        site,
+                        sip,
+                        http,
+                    } => {
+                        carillon::ctl::cluster_add_node(
+                            &node,
+                            &id,
+                            &addr,
+                            site.as_deref(),
+                            sip.as_deref(),
+                            http.as_deref(),
+                        )
+                        .await
+                    }
+                    ClusterCmd::RemoveNode { id } => {
+                        carillon::ctl::cluster_remove_node(&node, &id).await
+                    }
+                },
                 CtlCmd::Status => carillon::ctl::http_get(&node, "/api/status")
                     .await
                     .map(|body| println!("{body}")),
@@ -155,6 +228,24 @@ async fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+fn certs(out: &std::path::Path, nodes: &[String], force: bool) -> anyhow::Result<()> {
+    for n in nodes {
+        if carillon::config::parse_node_id(n).is_none() {
+            anyhow::bail!("`{n}` is not a node name: use n1, n2...");
+        }
+    }
+    if out.join("ca.pem").exists() && !force {
+        for n in nodes {
+            carillon_consensus::certs::add(out, n, false)?;
+        }
+        println!("signed {} with the existing CA in {}", nodes.join(", "), out.display());
+    } else {
+        carillon_consensus::certs::generate(out, nodes, force)?;
+        println!("made a cluster CA and {} in {}", nodes.join(", "), out.display());
+    }
+    Ok(())
 }
 
 async fn run(config: PathBuf) -> anyhow::Result<()> {

@@ -16,17 +16,26 @@ use tracing::{info, warn};
 use crate::clock::now_ms;
 use crate::config::{Cidr, Config};
 use crate::registrar::Registrar;
-use crate::routing_log::RoutingLog;
+use crate::cluster::Cluster;
+use crate::routing_log::{ProposeError, RoutingLog};
+use carillon_consensus::state_machine::AppliedEntry;
+use tokio::sync::mpsc;
 use crate::sip::SipStack;
 
 /// How often the node advances routing time (ring timeouts, wrap-up ends).
 const TICK_MS: u64 = 100;
 /// How often lapsed registrations are swept.
 const EXPIRY_SWEEP_MS: u64 = 1_000;
+/// How often a cluster member renews its liveness lease (the lease itself lasts
+/// `cluster.lease_ms`, 3 s by default).
+const LEASE_RENEW_MS: u64 = 1_000;
 
 /// State every task of the node shares.
 pub struct Shared {
     pub node_id: String,
+    /// The numeric id Raft and routing know this node by (0 for a standalone node whose
+    /// id is not of the `n1` form).
+    pub node_number: u64,
     pub config: Config,
     pub sip: SipStack,
     pub routing: RoutingLog,
@@ -174,20 +183,22 @@ impl Node {
         let ports = PortPool::new(config.rtp.ip, config.rtp.port_min, config.rtp.port_max)
             .context("rtp: cannot set up the port pool")?;
         let (sip, incoming) = SipStack::start(config.sip.listen).await?;
-        let routing = RoutingLog::new();
         let now = now_ms();
-        for q in &config.queues {
-            let queue = QueueConfig {
-                name: q.name.clone(),
-                skill: q.skill.clone(),
-                wrapup_ms: (q.wrapup_s * 1000.0) as u64,
-                ring_timeout_ms: (q.ring_timeout_s * 1000.0) as u64,
-            };
+        let mut applied = None;
+        let routing = if config.cluster.is_some() {
+            let (cluster, rx) = Cluster::start(&config).await?;
+            applied = Some(rx);
+            RoutingLog::raft(cluster)
+        } else {
+            let routing = RoutingLog::local();
+            for cmd in setup_commands(&config, now) {
+                routing
+                    .propose(cmd)
+                    .await
+                    .context("applying the configured queues")?;
+            }
             routing
-                .propose(Command::ConfigureQueue { queue, at: now })
-                .await
-                .with_context(|| format!("queue {}", q.name))?;
-        }
+        };
         let registrar = Registrar::new(
             &config.sip.realm,
             config.agent_accounts(),
@@ -196,6 +207,7 @@ impl Node {
         );
         let shared = Arc::new(Shared {
             node_id: config.node.id.clone(),
+            node_number: config.node_number().unwrap_or(0),
             trunks: config.trunk_networks(),
             config,
             sip,
@@ -211,12 +223,16 @@ impl Node {
         });
         let http = crate::http::bind(shared.config.http.listen).await?;
         let http_addr = http.local_addr()?;
-        let tasks = vec![
+        let mut tasks = vec![
             tokio::spawn(crate::edge::dispatch(shared.clone(), incoming)),
             tokio::spawn(ticker(shared.clone())),
             tokio::spawn(expiry_sweeper(shared.clone())),
             tokio::spawn(crate::http::serve(http, shared.clone())),
         ];
+        if let Some(rx) = applied {
+            tasks.push(tokio::spawn(deliver_applied(shared.clone(), rx)));
+            tasks.push(tokio::spawn(cluster_upkeep(shared.clone())));
+        }
         info!(
             node = %shared.node_id,
             sip = %shared.sip.listen,
@@ -257,8 +273,79 @@ impl NodeHandle {
 
     pub async fn shutdown(self) {
         self.shared.sip.shutdown();
+        if let Some(cluster) = self.shared.routing.cluster() {
+            cluster.shutdown().await;
+        }
         for t in &self.tasks {
             t.abort();
+        }
+    }
+}
+
+/// The commands that put the configured queues (and, in a cluster, the lease length) into
+/// the routing state. Proposing them again is harmless: a queue's config is replaced in
+/// place and its calls keep their place.
+fn setup_commands(config: &Config, now: u64) -> Vec<Command> {
+    let mut cmds = Vec::new();
+    if let Some(cluster) = &config.cluster {
+        cmds.push(Command::ConfigureCluster {
+            lease_ms: cluster.lease_ms,
+            at: now,
+        });
+    }
+    for q in &config.queues {
+        let queue = QueueConfig {
+            name: q.name.clone(),
+            skill: q.skill.clone(),
+            wrapup_ms: (q.wrapup_s * 1000.0) as u64,
+            ring_timeout_ms: (q.ring_timeout_s * 1000.0) as u64,
+            local_wait_ms: (q.local_wait_s * 1000.0) as u64,
+            ..QueueConfig::default()
+        };
+        cmds.push(Command::ConfigureQueue { queue, at: now });
+    }
+    cmds
+}
+
+/// Feeds every entry the cluster applies here to the call tasks it concerns.
+async fn deliver_applied(shared: Arc<Shared>, mut rx: mpsc::Receiver<AppliedEntry>) {
+    while let Some(entry) = rx.recv().await {
+        shared.routing.deliver(entry.applied.events);
+    }
+}
+
+/// A cluster member's standing duties: put the configured queues in once a leader is
+/// there, then renew this node's liveness lease every second.
+async fn cluster_upkeep(shared: Arc<Shared>) {
+    let node = shared.node_number;
+    let site = shared.config.node.site.clone();
+    for cmd in setup_commands(&shared.config, now_ms()) {
+        loop {
+            match shared.routing.propose(cmd.clone()).await {
+                Ok(()) => break,
+                Err(ProposeError::Refused(why)) => {
+                    warn!(%why, "routing refused a configured setting");
+                    break;
+                }
+                Err(e) => {
+                    info!(error = %e, "waiting for the cluster to accept the configuration");
+                    tokio::time::sleep(Duration::from_millis(LEASE_RENEW_MS)).await;
+                }
+            }
+        }
+    }
+    info!("configuration committed to the cluster");
+    let mut every = tokio::time::interval(Duration::from_millis(LEASE_RENEW_MS));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let lease = Command::NodeLease {
+            node,
+            site: site.clone(),
+            at: now_ms(),
+        };
+        if let Err(e) = shared.routing.propose(lease).await {
+            warn!(error = %e, "could not renew this node's lease");
         }
     }
 }
@@ -268,6 +355,12 @@ async fn ticker(shared: Arc<Shared>) {
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         every.tick().await;
+        // In a cluster only the leader advances routing time, so timers fire once.
+        if let Some(cluster) = shared.routing.cluster() {
+            if !cluster.is_leader() {
+                continue;
+            }
+        }
         if let Err(e) = shared.routing.propose(Command::Tick { at: now_ms() }).await {
             warn!(error = %e, "tick refused");
         }

@@ -1,46 +1,83 @@
 //! The node's path to the routing state machine: propose a command, and the events it
 //! produces reach the tasks that own the calls they name.
 //!
-//! Single-site today: commands apply in-process, in the order proposed, under one lock, so
-//! the order of application is the log. The replicated log of the `consensus` crate
-//! (issue 3) will sit behind the same `propose` and per-call subscription, and only the
-//! node that owns a call will act on its events, exactly as here.
+//! Two backends sit behind one API. A standalone node (no `[cluster]` in its config)
+//! applies commands in-process, in the order proposed, under one lock. A cluster member
+//! proposes through Raft ([`crate::cluster`]): every member applies every committed entry,
+//! and each hands the resulting events to the call tasks it runs, so only the node that
+//! owns a call acts on them. Either way, a call task subscribes before it proposes its
+//! `Enqueue`, so no event about it can be missed.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use carillon_routing::{Acd, AcdStats, AgentState, Command, Event, RoutingError};
+use carillon_routing::{Acd, AcdStats, AgentState, Command, Event};
 use tokio::sync::mpsc;
+
+use crate::cluster::Cluster;
 
 /// Events a call task can fall behind on before the log reports it; a call sees a handful
 /// of events in its life, so this is far from any real backlog.
 pub const CALL_EVENTS_MAX: usize = 64;
 
+/// Why a proposal did not take effect.
+#[derive(Debug, thiserror::Error)]
+pub enum ProposeError {
+    /// The state machine refused the command (the same way on every replica).
+    #[error("refused by routing: {0}")]
+    Refused(String),
+    /// The command could not be committed (no leader, or the leader unreachable).
+    #[error("routing log unavailable: {0}")]
+    Unavailable(String),
+}
+
 #[derive(Clone)]
 pub struct RoutingLog {
-    inner: Arc<Mutex<Inner>>,
+    inner: Arc<Inner>,
 }
 
 struct Inner {
+    backend: Backend,
+    calls: Mutex<HashMap<String, mpsc::Sender<Event>>>,
+}
+
+enum Backend {
+    Local(Mutex<Local>),
+    Raft(Cluster),
+}
+
+struct Local {
     acd: Acd,
-    calls: HashMap<String, mpsc::Sender<Event>>,
     applied: u64,
 }
 
-impl Default for RoutingLog {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl RoutingLog {
-    pub fn new() -> Self {
+    /// A standalone node's log: applied in-process.
+    pub fn local() -> Self {
+        Self::with_backend(Backend::Local(Mutex::new(Local {
+            acd: Acd::new(),
+            applied: 0,
+        })))
+    }
+
+    /// A cluster member's log. The caller feeds committed events to [`Self::deliver`].
+    pub fn raft(cluster: Cluster) -> Self {
+        Self::with_backend(Backend::Raft(cluster))
+    }
+
+    fn with_backend(backend: Backend) -> Self {
         Self {
-            inner: Arc::new(Mutex::new(Inner {
-                acd: Acd::new(),
-                calls: HashMap::new(),
-                applied: 0,
-            })),
+            inner: Arc::new(Inner {
+                backend,
+                calls: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    pub fn cluster(&self) -> Option<&Cluster> {
+        match &self.inner.backend {
+            Backend::Raft(c) => Some(c),
+            Backend::Local(_) => None,
         }
     }
 
@@ -48,60 +85,105 @@ impl RoutingLog {
     /// returned receiver.
     pub fn subscribe(&self, call: &str) -> mpsc::Receiver<Event> {
         let (tx, rx) = mpsc::channel(CALL_EVENTS_MAX);
-        self.lock().calls.insert(call.to_string(), tx);
+        lock(&self.inner.calls).insert(call.to_string(), tx);
         rx
     }
 
     pub fn unsubscribe(&self, call: &str) {
-        self.lock().calls.remove(call);
+        lock(&self.inner.calls).remove(call);
     }
 
-    /// Applies one command. The events it produced have been handed to their calls' owners
-    /// when this returns.
-    pub async fn propose(&self, cmd: Command) -> Result<(), RoutingError> {
-        let mut inner = self.lock();
-        let events = inner.acd.apply(cmd)?;
-        inner.applied += 1;
+    /// Applies one command. On a standalone node the events it produced have been handed
+    /// to their calls' owners when this returns; in a cluster they arrive as the entry is
+    /// applied here, which is before `client_write` returns on the leader and soon after
+    /// on a follower.
+    pub async fn propose(&self, cmd: Command) -> Result<(), ProposeError> {
+        match &self.inner.backend {
+            Backend::Local(local) => {
+                let events = {
+                    let mut l = lock(local);
+                    let events = l
+                        .acd
+                        .apply(cmd)
+                        .map_err(|e| ProposeError::Refused(e.to_string()))?;
+                    l.applied += 1;
+                    events
+                };
+                self.deliver(events);
+                Ok(())
+            }
+            Backend::Raft(cluster) => cluster.propose(cmd).await,
+        }
+    }
+
+    /// Hands committed events to the call tasks this node runs.
+    pub fn deliver(&self, events: Vec<Event>) {
+        let calls = lock(&self.inner.calls);
         for event in events {
             let call = match &event {
-                Event::Offered { call, .. }
-                | Event::OfferRevoked { call, .. }
-                | Event::Connected { call, .. } => call.clone(),
-                Event::CallFinished(record) => record.call.clone(),
                 Event::AgentStateChanged { agent, state } => {
                     tracing::debug!(%agent, ?state, "agent state");
                     continue;
                 }
+                other => match event_call(other) {
+                    Some(c) => c,
+                    None => {
+                        tracing::debug!(event = ?other, "routing event");
+                        continue;
+                    }
+                },
             };
-            match inner.calls.get(&call) {
+            match calls.get(call) {
                 Some(owner) => {
-                    if let Err(e) = owner.try_send(event) {
+                    if let Err(e) = owner.try_send(event.clone()) {
                         tracing::error!(call_id = %call, error = %e, "call task is not taking routing events");
                     }
                 }
                 None => {
-                    tracing::debug!(call_id = %call, "routing event for a call this node does not own")
+                    tracing::trace!(call_id = %call, "routing event for a call this node does not own")
                 }
             }
         }
-        Ok(())
+    }
+
+    /// Reads the local replica (current as of the last entry applied here).
+    pub fn read<T>(&self, f: impl FnOnce(&Acd) -> T) -> T {
+        match &self.inner.backend {
+            Backend::Local(local) => f(&lock(local).acd),
+            Backend::Raft(cluster) => cluster.read(f),
+        }
     }
 
     pub fn stats(&self) -> AcdStats {
-        self.lock().acd.stats()
+        self.read(|acd| acd.stats())
     }
 
     pub fn agent_state(&self, agent: &str) -> Option<AgentState> {
-        self.lock().acd.agent_state(agent).cloned()
+        self.read(|acd| acd.agent_state(agent).cloned())
     }
 
+    /// Entries applied on this node.
     pub fn applied(&self) -> u64 {
-        self.lock().applied
+        match &self.inner.backend {
+            Backend::Local(local) => lock(local).applied,
+            Backend::Raft(cluster) => cluster.last_applied(),
+        }
     }
+}
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        // A panic while holding this lock would be a bug in the state machine; the state
-        // it leaves is still the last fully applied one, so carry on with it.
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+/// The call an event is about, if any.
+fn event_call(event: &Event) -> Option<&str> {
+    match event {
+        Event::Offered { call, .. }
+        | Event::OfferRevoked { call, .. }
+        | Event::Connected { call, .. } => Some(call),
+        Event::CallFinished(record) => Some(&record.call),
+        _ => None,
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding one of these locks would be a bug in the state machine or a
+    // map insert; the state left is still the last whole one, so carry on with it.
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }

@@ -11,15 +11,17 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use crate::agent::{AgentState, Roster};
-use crate::call::{Call, CallState, Ending};
+use crate::call::{Call, CallState, Callback, Ending, Preferred};
 use crate::canon::{Canon, Fnv};
-use crate::command::{Command, OfferFailure, Party};
+use crate::cluster::{NodeStatus, LEASE_MS_DEFAULT};
+use crate::command::{Arrival, Command, ForcedState, OfferFailure, Party, RoutingSettings, Vip};
 use crate::error::RoutingError;
-use crate::event::{Event, RevokeReason};
-use crate::queue::{Queue, QueueConfig, Waiting};
+use crate::event::{Disposition, Event, ExitReason, RevokeReason};
+use crate::queue::{ExitAction, Queue, QueueConfig, Strategy, Waiting};
+use crate::skill::{self, Need};
 use crate::stats::{AcdStats, QueueStats, Totals};
-use crate::strategy;
-use crate::Millis;
+use crate::strategy::{self, Want};
+use crate::{Millis, NodeId};
 
 /// Bounds on what the ACD holds, so hostile or runaway input cannot grow it without end.
 /// They are part of the replicated state: every replica must use the same values.
@@ -30,6 +32,8 @@ pub struct AcdLimits {
     /// Agents ever logged in (logged-out agents are kept).
     pub agents_max: usize,
     pub queues_max: usize,
+    /// Nodes ever registered by a lease.
+    pub nodes_max: usize,
 }
 
 impl Default for AcdLimits {
@@ -38,6 +42,7 @@ impl Default for AcdLimits {
             calls_max: 100_000,
             agents_max: 100_000,
             queues_max: 10_000,
+            nodes_max: 1_000,
         }
     }
 }
@@ -48,12 +53,35 @@ impl Canon for AcdLimits {
             calls_max,
             agents_max,
             queues_max,
+            nodes_max,
         } = self;
         calls_max.canon(h);
         agents_max.canon(h);
         queues_max.canon(h);
+        nodes_max.canon(h);
     }
 }
+
+/// VIP numbers kept at most.
+pub const VIPS_MAX: usize = 100_000;
+/// Skills per agent or per call at most.
+pub const SKILLS_MAX: usize = 64;
+/// Queue moves (overflows) per call at most: beyond, the call is refused (a loop).
+pub const MOVES_MAX: u32 = 8;
+const DAY_MS: u64 = 86_400_000;
+
+/// A waiting call's expected wait, for announcements.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WaitEstimate {
+    /// 1-based place in line.
+    pub position: u32,
+    /// position x recent average handle time / staffed agents; None without history or
+    /// without a logged-in agent who could take the call.
+    pub expected_wait_ms: Option<u64>,
+}
+
+/// Order of candidates across queues: (priority, inverted; fairness term; arrival).
+type Rank = (u32, u64, u64);
 
 /// The contact center's routing state: queues, agents, live calls.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -67,6 +95,15 @@ pub struct Acd {
     roster: Roster,
     calls: BTreeMap<String, Call>,
     totals: Totals,
+    /// Nodes that have leased at least once.
+    nodes: BTreeMap<NodeId, NodeStatus>,
+    lease_ms: u64,
+    settings: RoutingSettings,
+    vips: BTreeMap<String, Vip>,
+    /// Last-agent affinity: caller -> (agent, when answered).
+    last_agent: BTreeMap<String, (String, Millis)>,
+    /// Derived from `last_agent`, oldest first, for eviction.
+    last_agent_age: BTreeSet<(Millis, String)>,
 }
 
 impl Default for Acd {
@@ -89,6 +126,12 @@ impl Acd {
             roster: Roster::default(),
             calls: BTreeMap::new(),
             totals: Totals::default(),
+            nodes: BTreeMap::new(),
+            lease_ms: LEASE_MS_DEFAULT,
+            settings: RoutingSettings::default(),
+            vips: BTreeMap::new(),
+            last_agent: BTreeMap::new(),
+            last_agent_age: BTreeSet::new(),
         }
     }
 
@@ -99,21 +142,25 @@ impl Acd {
         let mut events = Vec::new();
         match cmd {
             Command::ConfigureQueue { queue, .. } => self.configure_queue(queue)?,
-            Command::AgentLogin { agent, skills, .. } => {
-                self.agent_login(&agent, skills, now, &mut events)?
+            Command::AgentLogin {
+                agent,
+                skills,
+                node,
+                site,
+                ..
+            } => {
+                self.check_node_up(node)?;
+                self.agent_login(&agent, &skills, node, &site, now, &mut events)?
             }
             Command::AgentLogout { agent, .. } => self.agent_logout(&agent, &mut events)?,
             Command::AgentReady { agent, .. } => self.agent_ready(&agent, now, &mut events)?,
             Command::AgentNotReady { agent, reason, .. } => {
                 self.agent_not_ready(&agent, reason, &mut events)?
             }
-            Command::Enqueue {
-                call,
-                queue,
-                caller,
-                dialled,
-                ..
-            } => self.enqueue(call, queue, caller, dialled, now)?,
+            Command::Enqueue(arrival) => {
+                self.check_node_up(arrival.owner)?;
+                self.enqueue(arrival, now, &mut events)?
+            }
             Command::Abandon { call, .. } => self.abandon(&call, now, &mut events)?,
             Command::Connected { call, agent, .. } => {
                 self.connected(&call, &agent, now, &mut events)?
@@ -123,10 +170,37 @@ impl Acd {
                 agent,
                 failure,
                 ..
-            } => self.offer_failed(&call, &agent, failure, &mut events)?,
+            } => self.offer_failed(&call, &agent, failure, now, &mut events)?,
             Command::Ended { call, by, .. } => self.ended(&call, by, now, &mut events)?,
             Command::Lost { call, cause, .. } => self.lost(&call, cause, now, &mut events)?,
             Command::Tick { .. } => self.tick(now, &mut events),
+            Command::NodeLease { node, site, .. } => {
+                self.node_lease(node, site, now, &mut events)?
+            }
+            Command::ConfigureCluster { lease_ms, .. } => {
+                if lease_ms == 0 {
+                    return Err(RoutingError::InvalidClusterConfig(
+                        "lease_ms must be greater than 0",
+                    ));
+                }
+                self.lease_ms = lease_ms;
+            }
+            Command::ConfigureRouting { settings, .. } => self.settings = settings,
+            Command::SetAgentSkills { agent, skills, .. } => {
+                self.agent(&agent)?;
+                let skills = parse_skills(&skills)?;
+                self.roster.set_skills(&agent, skills);
+            }
+            Command::ForceAgentState { agent, state, .. } => {
+                self.force_state(&agent, state, now, &mut events)?
+            }
+            Command::SetVip { caller, vip, .. } => self.set_vip(caller, vip)?,
+            Command::RequestCallback { call, number, .. } => {
+                self.request_callback(&call, number)?
+            }
+            Command::CallbackNoAnswer { call, .. } => {
+                self.callback_no_answer(&call, now, &mut events)?
+            }
         }
         self.now = now;
         self.match_calls(now, &mut events);
@@ -141,8 +215,68 @@ impl Acd {
         self.limits
     }
 
+    pub fn settings(&self) -> &RoutingSettings {
+        &self.settings
+    }
+
     pub fn agent_state(&self, agent: &str) -> Option<&AgentState> {
         self.roster.get(agent).map(|a| &a.state)
+    }
+
+    /// The node holding the agent's registration; None if unknown or logged out.
+    pub fn agent_node(&self, agent: &str) -> Option<NodeId> {
+        let agent = self.roster.get(agent)?;
+        (agent.state != AgentState::LoggedOut).then_some(agent.node)
+    }
+
+    /// The site of the agent's registration; None if unknown or logged out.
+    pub fn agent_site(&self, agent: &str) -> Option<&str> {
+        let agent = self.roster.get(agent)?;
+        (agent.state != AgentState::LoggedOut).then_some(agent.site.as_str())
+    }
+
+    /// Why the ACD itself logged the agent out (e.g. `node-down`), until they log in again.
+    pub fn agent_logout_reason(&self, agent: &str) -> Option<&str> {
+        self.roster.get(agent)?.logout_reason.as_deref()
+    }
+
+    /// The agent's skills with their levels.
+    pub fn agent_skills(&self, agent: &str) -> Option<&BTreeMap<String, u8>> {
+        self.roster.get(agent).map(|a| &a.skills)
+    }
+
+    /// The node holding a live call's caller leg.
+    pub fn call_owner(&self, call: &str) -> Option<NodeId> {
+        self.calls.get(call).map(|c| c.owner)
+    }
+
+    /// The queue a live call is in now (it may have moved by overflow).
+    pub fn call_queue(&self, call: &str) -> Option<&str> {
+        self.calls.get(call).map(|c| c.queue.as_str())
+    }
+
+    /// A live call's current priority.
+    pub fn call_priority(&self, call: &str) -> Option<u32> {
+        self.calls.get(call).map(|c| c.priority)
+    }
+
+    /// Every node that has leased, in id order.
+    pub fn nodes(&self) -> Vec<(NodeId, NodeStatus)> {
+        self.nodes.iter().map(|(id, n)| (*id, n.clone())).collect()
+    }
+
+    /// The lease length in force.
+    pub fn lease_ms(&self) -> u64 {
+        self.lease_ms
+    }
+
+    pub fn vip(&self, caller: &str) -> Option<&Vip> {
+        self.vips.get(caller)
+    }
+
+    /// The agent who last answered this caller, if remembered.
+    pub fn last_agent_of(&self, caller: &str) -> Option<&str> {
+        self.last_agent.get(caller).map(|(agent, _)| agent.as_str())
     }
 
     /// The queue's config, if it was configured.
@@ -162,7 +296,50 @@ impl Acd {
         if call.state != CallState::Waiting {
             return None;
         }
-        self.queues.get(&call.queue)?.position(call.seq)
+        self.queues.get(&call.queue)?.position(call.key())
+    }
+
+    /// Position and expected wait of a waiting call, for announcements.
+    pub fn wait_estimate(&self, call_id: &str) -> Option<WaitEstimate> {
+        let position = self.waiting_position(call_id)?;
+        let call = self.calls.get(call_id)?;
+        let queue = self.queues.get(&call.queue)?;
+        let needs = if call.needs.is_empty() {
+            &queue.needs
+        } else {
+            &call.needs
+        };
+        let want = self.want(queue, needs, queue.config.loosest_cap(), call, true, None);
+        let staffed = self
+            .roster
+            .iter()
+            .filter(|(_, a)| a.state != AgentState::LoggedOut && want.fits(a))
+            .count() as u64;
+        let expected_wait_ms = queue
+            .average_handle_ms()
+            .filter(|_| staffed > 0)
+            .map(|aht| u64::from(position).saturating_mul(aht) / staffed);
+        Some(WaitEstimate {
+            position,
+            expected_wait_ms,
+        })
+    }
+
+    /// Heap estimate of all waiting calls: structs plus string capacities plus a B-tree
+    /// slot (key + value) for the call map; allocator and node overhead not counted.
+    pub fn waiting_call_heap_bytes(&self) -> usize {
+        let mut total = 0;
+        for (id, call) in self
+            .calls
+            .iter()
+            .filter(|(_, c)| c.state == CallState::Waiting)
+        {
+            total += std::mem::size_of::<String>() + std::mem::size_of::<Call>();
+            total += id.capacity() * 2; // the map key and the line entry's copy
+            total += call.queue.capacity() + call.caller.capacity() + call.dialled.capacity();
+            total += call.site.capacity() + std::mem::size_of::<Waiting>();
+        }
+        total
     }
 
     pub fn stats(&self) -> AcdStats {
@@ -209,7 +386,7 @@ impl Acd {
     }
 
     /// Checks the state's internal consistency, including DESIGN.md invariant 1 (no agent
-    /// offered or connected to two calls) and arrival order in every line. For tests and
+    /// offered or connected to two calls) and line order in every queue. For tests and
     /// the chaos harness; `Err` describes the first violation found.
     pub fn check_invariants(&self) -> Result<(), String> {
         self.roster.check_index()?;
@@ -217,42 +394,51 @@ impl Acd {
             let Some(queue) = self.queues.get(&call.queue) else {
                 return Err(format!("call {id} is in unknown queue {}", call.queue));
             };
-            let (agent, expected) = match &call.state {
+            let tied: Vec<(&String, AgentState)> = match &call.state {
                 CallState::Waiting => {
-                    let in_line = queue.get(call.seq).is_some_and(|w| w.call == *id);
+                    let in_line = queue.get(call.key()).is_some_and(|w| w.call == *id);
                     if !in_line {
                         return Err(format!("waiting call {id} is not in its queue's line"));
                     }
                     continue;
                 }
-                CallState::Offered { agent, .. } => (
-                    agent,
-                    AgentState::Reserved {
-                        call: id.to_owned(),
-                    },
-                ),
-                CallState::Connected { agent, .. } => (
-                    agent,
-                    AgentState::OnCall {
-                        call: id.to_owned(),
-                    },
-                ),
+                CallState::Offered { agents, .. } => {
+                    if agents.is_empty() {
+                        return Err(format!("call {id} is offered to nobody"));
+                    }
+                    let distinct: BTreeSet<&String> = agents.iter().collect();
+                    if distinct.len() != agents.len() {
+                        return Err(format!("call {id} offers one agent twice"));
+                    }
+                    agents
+                        .iter()
+                        .map(|a| (a, AgentState::Reserved { call: id.clone() }))
+                        .collect()
+                }
+                CallState::Connected { agent, .. } => {
+                    vec![(agent, AgentState::OnCall { call: id.clone() })]
+                }
             };
-            let actual = self.agent_state(agent);
-            if actual != Some(&expected) {
-                return Err(format!(
-                    "call {id} is {} with agent {agent}, whose state is {actual:?}",
-                    call.state.name()
-                ));
+            for (agent, expected) in tied {
+                let actual = self.agent_state(agent);
+                if actual != Some(&expected) {
+                    return Err(format!(
+                        "call {id} is {} with agent {agent}, whose state is {actual:?}",
+                        call.state.name()
+                    ));
+                }
             }
         }
         for (id, agent) in self.roster.iter() {
             if let Some(call_id) = agent.state.call() {
-                let points_back = self.calls.get(call_id).is_some_and(|call| {
-                    matches!(&call.state,
-                        CallState::Offered { agent: a, .. } | CallState::Connected { agent: a, .. }
-                        if a == id)
-                });
+                let points_back = self
+                    .calls
+                    .get(call_id)
+                    .is_some_and(|call| match &call.state {
+                        CallState::Offered { agents, .. } => agents.contains(id),
+                        CallState::Connected { agent: a, .. } => a == id,
+                        CallState::Waiting => false,
+                    });
                 if !points_back {
                     return Err(format!(
                         "agent {id} is {} for call {call_id}, which is not theirs",
@@ -266,6 +452,22 @@ impl Acd {
                 ));
             }
         }
+        for (node, status) in self.nodes.iter().filter(|(_, n)| !n.up) {
+            if let Some((id, _)) = self.calls.iter().find(|(_, c)| c.owner == *node) {
+                return Err(format!("call {id} is owned by node n{node}, which is down"));
+            }
+            let reachable = self.roster.iter().find(|(_, a)| {
+                a.node == *node
+                    && a.state != AgentState::LoggedOut
+                    && !(a.logout_pending && matches!(a.state, AgentState::OnCall { .. }))
+            });
+            if let Some((id, _)) = reachable {
+                return Err(format!(
+                    "agent {id} is reachable at node n{node} (site {}), which is down",
+                    status.site
+                ));
+            }
+        }
         let mut in_lines = 0;
         for (name, queue) in &self.queues {
             in_lines += queue.len();
@@ -273,13 +475,13 @@ impl Acd {
                 .waiting
                 .iter()
                 .zip(queue.waiting.iter().skip(1))
-                .all(|(a, b)| a.seq < b.seq);
+                .all(|(a, b)| a.key() < b.key());
             if !sorted {
-                return Err(format!("queue {name} is not in arrival order"));
+                return Err(format!("queue {name} is not in line order"));
             }
             for w in &queue.waiting {
                 let ok = self.calls.get(&w.call).is_some_and(|c| {
-                    c.state == CallState::Waiting && c.queue == *name && c.seq == w.seq
+                    c.state == CallState::Waiting && c.queue == *name && c.key() == w.key()
                 });
                 if !ok {
                     return Err(format!(
@@ -299,6 +501,9 @@ impl Acd {
                 "{waiting} waiting calls but {in_lines} places in lines"
             ));
         }
+        if self.last_agent.len() != self.last_agent_age.len() {
+            return Err("last-agent age index out of step".into());
+        }
         Ok(())
     }
 
@@ -310,7 +515,7 @@ impl Acd {
             });
         }
         if let Some(queue) = self.queues.get_mut(&config.name) {
-            queue.config = config;
+            queue.set_config(config);
             return Ok(());
         }
         if self.queues.len() >= self.limits.queues_max {
@@ -326,11 +531,13 @@ impl Acd {
     fn agent_login(
         &mut self,
         agent: &str,
-        skills: Vec<String>,
+        skills: &[String],
+        node: NodeId,
+        site: &str,
         now: Millis,
         events: &mut Vec<Event>,
     ) -> Result<(), RoutingError> {
-        let skills: BTreeSet<String> = skills.into_iter().collect();
+        let skills = parse_skills(skills)?;
         match self.roster.get(agent).map(|a| &a.state) {
             None => {
                 if self.roster.len() >= self.limits.agents_max {
@@ -343,12 +550,15 @@ impl Acd {
             }
             Some(AgentState::LoggedOut) => self.roster.set_skills(agent, skills),
             Some(_) => {
-                // A re-registration: new skills, and a pending logout is called off.
+                // A re-registration (maybe at another node): new skills and location, and a
+                // pending logout is called off.
                 self.roster.set_skills(agent, skills);
                 self.roster.set_logout_pending(agent, false);
+                self.roster.set_location(agent, node, site);
                 return Ok(());
             }
         }
+        self.roster.set_location(agent, node, site);
         self.set_agent(agent, AgentState::Ready, now, events);
         Ok(())
     }
@@ -359,12 +569,7 @@ impl Acd {
             AgentState::LoggedOut => {}
             AgentState::OnCall { .. } => self.roster.set_logout_pending(agent, true),
             AgentState::Reserved { call } => {
-                self.return_to_line(&call);
-                events.push(Event::OfferRevoked {
-                    call,
-                    agent: agent.to_owned(),
-                    reason: RevokeReason::AgentGone,
-                });
+                self.withdraw(&call, agent, RevokeReason::AgentGone, events);
                 self.set_agent(agent, AgentState::LoggedOut, 0, events);
             }
             AgentState::Ready | AgentState::NotReady { .. } | AgentState::WrapUp { .. } => {
@@ -420,14 +625,83 @@ impl Acd {
         Ok(())
     }
 
+    fn force_state(
+        &mut self,
+        agent: &str,
+        forced: ForcedState,
+        now: Millis,
+        events: &mut Vec<Event>,
+    ) -> Result<(), RoutingError> {
+        let state = self.agent(agent)?.state.clone();
+        if state == AgentState::LoggedOut && forced != ForcedState::LoggedOut {
+            return Err(RoutingError::AgentInvalidState {
+                agent: agent.to_owned(),
+                state: state.describe(),
+                action: "be forced ready or not ready (no phone is registered)",
+            });
+        }
+        if let AgentState::OnCall { .. } = state {
+            if let Some(a) = self.roster.get_mut(agent) {
+                match forced {
+                    ForcedState::LoggedOut => a.logout_pending = true,
+                    ForcedState::NotReady { reason } => a.not_ready_after_call = Some(reason),
+                    // A pending logout stays: the phone is gone, only a new
+                    // registration calls it off.
+                    ForcedState::Ready => a.not_ready_after_call = None,
+                }
+            }
+            return Ok(());
+        }
+        if let AgentState::Reserved { call } = &state {
+            self.withdraw(call, agent, RevokeReason::Supervisor, events);
+        }
+        let target = match forced {
+            ForcedState::Ready if state == AgentState::Ready => return Ok(()),
+            ForcedState::Ready => AgentState::Ready,
+            ForcedState::NotReady { reason } => AgentState::NotReady { reason },
+            ForcedState::LoggedOut => AgentState::LoggedOut,
+        };
+        if target != state {
+            self.set_agent(agent, target, now, events);
+        }
+        Ok(())
+    }
+
+    fn set_vip(&mut self, caller: String, vip: Option<Vip>) -> Result<(), RoutingError> {
+        match vip {
+            None => {
+                self.vips.remove(&caller);
+            }
+            Some(vip) => {
+                if !self.vips.contains_key(&caller) && self.vips.len() >= VIPS_MAX {
+                    return Err(RoutingError::LimitReached {
+                        what: "the number of VIP numbers (VIPS_MAX)",
+                        max: VIPS_MAX,
+                    });
+                }
+                self.vips.insert(caller, vip);
+            }
+        }
+        Ok(())
+    }
+
     fn enqueue(
         &mut self,
-        call: String,
-        queue: String,
-        caller: String,
-        dialled: String,
+        arrival: Arrival,
         now: Millis,
+        events: &mut Vec<Event>,
     ) -> Result<(), RoutingError> {
+        let Arrival {
+            call,
+            queue,
+            caller,
+            dialled,
+            owner,
+            site,
+            at: _,
+            priority,
+            skills,
+        } = arrival;
         if self.calls.contains_key(&call) {
             return Err(RoutingError::DuplicateCall(call));
         }
@@ -437,18 +711,26 @@ impl Acd {
                 max: self.limits.calls_max,
             });
         }
-        let Some(line) = self.queues.get_mut(&queue) else {
+        if !self.queues.contains_key(&queue) {
             return Err(RoutingError::UnknownQueue(queue));
-        };
+        }
+        if skills.len() > SKILLS_MAX {
+            return Err(RoutingError::InvalidSkills(format!(
+                "at most {SKILLS_MAX} skills"
+            )));
+        }
+        let mut needs = Vec::with_capacity(skills.len());
+        for text in &skills {
+            needs.push(skill::parse(text).ok_or_else(|| {
+                RoutingError::InvalidSkills(format!("`{text}` is not `name` or `name:1-10`"))
+            })?);
+        }
+        let mut call_priority = priority;
+        let preferred = self.preferred_for(&caller, now, &mut call_priority);
         let seq = self.next_seq;
         self.next_seq += 1;
-        line.insert(Waiting {
-            seq,
-            call: call.clone(),
-            arrived_at: now,
-        });
         self.calls.insert(
-            call,
+            call.clone(),
             Call {
                 queue,
                 caller,
@@ -459,10 +741,157 @@ impl Acd {
                 first_offered_at: None,
                 offers: 0,
                 last_agent: None,
+                owner,
+                site,
+                priority: call_priority,
+                needs,
+                queued_at: now,
+                first_queue: None,
+                moves: 0,
+                preferred,
+                callback: None,
             },
         );
         self.totals.entered += 1;
+        self.admit(&call, now, events);
         Ok(())
+    }
+
+    /// VIP first, then last-agent affinity: the agent this caller waits for, if any. A VIP
+    /// whose agent is not logged in gets the raised priority at once.
+    fn preferred_for(&self, caller: &str, now: Millis, priority: &mut u32) -> Option<Preferred> {
+        let logged_in = |agent: &str| {
+            self.roster
+                .get(agent)
+                .is_some_and(|a| a.state != AgentState::LoggedOut)
+        };
+        if let Some(vip) = self.vips.get(caller) {
+            if vip.wait_ms > 0 && logged_in(&vip.agent) {
+                return Some(Preferred {
+                    agent: vip.agent.clone(),
+                    until: now.saturating_add(vip.wait_ms),
+                    then_priority: Some(vip.priority),
+                });
+            }
+            *priority = (*priority).max(vip.priority);
+            return None;
+        }
+        let s = &self.settings;
+        if s.affinity_days == 0 || s.affinity_wait_ms == 0 {
+            return None;
+        }
+        let (agent, at) = self.last_agent.get(caller)?;
+        let window_ms = u64::from(s.affinity_days).saturating_mul(DAY_MS);
+        (now.saturating_sub(*at) <= window_ms && logged_in(agent)).then(|| Preferred {
+            agent: agent.clone(),
+            until: now.saturating_add(s.affinity_wait_ms),
+            then_priority: None,
+        })
+    }
+
+    /// Puts a call that is in no line into its queue's line, unless the queue's entry
+    /// rules send it elsewhere (closed, full, nobody could take it): those exits and
+    /// moves are followed until the call is in a line or finished.
+    fn admit(&mut self, call_id: &str, now: Millis, events: &mut Vec<Event>) {
+        loop {
+            let Some(call) = self.calls.get(call_id) else {
+                return;
+            };
+            let Some(queue) = self.queues.get(&call.queue) else {
+                let action = ExitAction::default();
+                self.exit(call_id, action, ExitReason::BadOverflow, now, events);
+                return;
+            };
+            let config = &queue.config;
+            let exit = if config.schedule.as_ref().is_some_and(|s| !s.is_open(now)) {
+                Some((config.after_hours_action.clone(), ExitReason::AfterHours))
+            } else if config.queue_len_max > 0 && queue.len() >= config.queue_len_max {
+                Some((config.queue_full_action.clone(), ExitReason::QueueFull))
+            } else if config.overflow_when_no_agents && !self.anyone_could(call) {
+                let to = config.overflow_to.clone();
+                Some((ExitAction::Queue { queue: to }, ExitReason::NoAgents))
+            } else {
+                None
+            };
+            let Some((action, reason)) = exit else {
+                let entry = Waiting {
+                    priority: call.priority,
+                    seq: call.seq,
+                    call: call_id.to_owned(),
+                };
+                if let Some(queue) = self.queues.get_mut(&call.queue) {
+                    queue.insert(entry);
+                }
+                return;
+            };
+            if !self.exit(call_id, action, reason, now, events) {
+                return;
+            }
+        }
+    }
+
+    /// Takes an exit action for a call that is in no line. Returns true if the call moved
+    /// to another queue (the caller then admits it there).
+    fn exit(
+        &mut self,
+        call_id: &str,
+        action: ExitAction,
+        reason: ExitReason,
+        now: Millis,
+        events: &mut Vec<Event>,
+    ) -> bool {
+        let Some(call) = self.calls.get_mut(call_id) else {
+            return false;
+        };
+        let (disposition, reason, action) = match action {
+            ExitAction::Queue { queue } => {
+                if call.moves < MOVES_MAX && self.queues.contains_key(&queue) {
+                    events.push(Event::CallMoved {
+                        call: call_id.to_owned(),
+                        from: call.queue.clone(),
+                        to: queue.clone(),
+                        reason,
+                    });
+                    let from = std::mem::replace(&mut call.queue, queue);
+                    call.first_queue.get_or_insert(from);
+                    call.queued_at = now;
+                    call.moves += 1;
+                    return true;
+                }
+                (
+                    Disposition::Refused,
+                    ExitReason::BadOverflow,
+                    ExitAction::default(),
+                )
+            }
+            action @ ExitAction::Voicemail { .. } => (Disposition::Voicemail, reason, action),
+            action @ ExitAction::Hangup { .. } => (Disposition::Refused, reason, action),
+        };
+        events.push(Event::CallExited {
+            call: call_id.to_owned(),
+            owner: call.owner,
+            action,
+            reason,
+        });
+        let cause = reason.name().to_owned();
+        self.finish(call_id, Ending::Exit { disposition, cause }, now, events);
+        false
+    }
+
+    /// Whether some logged-in agent could take this call once escalation is complete.
+    fn anyone_could(&self, call: &Call) -> bool {
+        let Some(queue) = self.queues.get(&call.queue) else {
+            return false;
+        };
+        let needs = if call.needs.is_empty() {
+            &queue.needs
+        } else {
+            &call.needs
+        };
+        let want = self.want(queue, needs, queue.config.loosest_cap(), call, true, None);
+        self.roster
+            .iter()
+            .any(|(_, a)| a.state != AgentState::LoggedOut && want.fits(a))
     }
 
     fn abandon(
@@ -472,16 +901,18 @@ impl Acd {
         events: &mut Vec<Event>,
     ) -> Result<(), RoutingError> {
         let call = self.call(call_id)?;
-        let (state, queue, seq) = (call.state.clone(), call.queue.clone(), call.seq);
+        let (state, queue, key) = (call.state.clone(), call.queue.clone(), call.key());
         let position = match state {
             CallState::Waiting => self.queues.get_mut(&queue).and_then(|line| {
-                let position = line.position(seq);
-                line.remove(seq);
+                let position = line.position(key);
+                line.remove(key);
                 position
             }),
             // Being offered is being at the front of the line.
-            CallState::Offered { agent, .. } => {
-                self.revoke_to_ready(call_id, &agent, now, events);
+            CallState::Offered { agents, .. } => {
+                for agent in agents {
+                    self.revoke_to_ready(call_id, &agent, RevokeReason::CallerGone, now, events);
+                }
                 Some(1)
             }
             CallState::Connected { .. } => {
@@ -504,11 +935,28 @@ impl Acd {
         events: &mut Vec<Event>,
     ) -> Result<(), RoutingError> {
         self.check_offered_to(call_id, agent, "connect again")?;
+        let mut others = Vec::new();
+        let mut caller = String::new();
         if let Some(call) = self.calls.get_mut(call_id) {
+            if let CallState::Offered { agents, .. } = &call.state {
+                others = agents.iter().filter(|a| *a != agent).cloned().collect();
+            }
             call.state = CallState::Connected {
                 agent: agent.to_owned(),
                 answered_at: now,
             };
+            call.last_agent = Some(agent.to_owned());
+            caller.clone_from(&call.caller);
+        }
+        // Ring-all: the first answer wins.
+        for other in others {
+            self.revoke_to_ready(
+                call_id,
+                &other,
+                RevokeReason::AnsweredElsewhere,
+                now,
+                events,
+            );
         }
         events.push(Event::Connected {
             call: call_id.to_owned(),
@@ -518,7 +966,30 @@ impl Acd {
             call: call_id.to_owned(),
         };
         self.set_agent(agent, state, 0, events);
+        if let Some(a) = self.roster.get_mut(agent) {
+            a.missed = 0;
+            a.calls_answered += 1;
+        }
+        self.remember_agent(caller, agent, now);
         Ok(())
+    }
+
+    /// Last-agent affinity memory, bounded: the oldest caller is forgotten first.
+    fn remember_agent(&mut self, caller: String, agent: &str, now: Millis) {
+        if self.settings.affinity_days == 0 || caller.is_empty() {
+            return;
+        }
+        if let Some((_, at)) = self.last_agent.get(&caller) {
+            self.last_agent_age.remove(&(*at, caller.clone()));
+        }
+        self.last_agent_age.insert((now, caller.clone()));
+        self.last_agent.insert(caller, (agent.to_owned(), now));
+        while self.last_agent.len() > self.settings.affinity_callers_max.max(1) {
+            let Some((_, oldest)) = self.last_agent_age.pop_first() else {
+                break;
+            };
+            self.last_agent.remove(&oldest);
+        }
     }
 
     fn offer_failed(
@@ -526,13 +997,35 @@ impl Acd {
         call_id: &str,
         agent: &str,
         failure: OfferFailure,
+        now: Millis,
         events: &mut Vec<Event>,
     ) -> Result<(), RoutingError> {
         self.check_offered_to(call_id, agent, "fail an offer")?;
-        self.return_to_line(call_id);
-        let reason = failure.reason_code().to_owned();
-        self.set_agent(agent, AgentState::NotReady { reason }, 0, events);
+        self.take_off_offer(call_id, agent);
+        if failure == OfferFailure::NoAnswer {
+            self.missed(agent, now, events);
+        } else {
+            let reason = failure.reason_code().to_owned();
+            self.set_agent(agent, AgentState::NotReady { reason }, 0, events);
+        }
         Ok(())
+    }
+
+    /// An agent let an offer ring out: not ready `no-answer` after `missed_offers_max` in
+    /// a row, else back to ready (at the back of the idle order).
+    fn missed(&mut self, agent: &str, now: Millis, events: &mut Vec<Event>) {
+        let max = self.settings.missed_offers_max.max(1);
+        let Some(a) = self.roster.get_mut(agent) else {
+            return;
+        };
+        a.missed += 1;
+        if a.missed >= max {
+            a.missed = 0;
+            let reason = OfferFailure::NoAnswer.reason_code().to_owned();
+            self.set_agent(agent, AgentState::NotReady { reason }, 0, events);
+        } else {
+            self.set_agent(agent, AgentState::Ready, now, events);
+        }
     }
 
     fn ended(
@@ -543,7 +1036,7 @@ impl Acd {
         events: &mut Vec<Event>,
     ) -> Result<(), RoutingError> {
         let call = self.call(call_id)?;
-        let CallState::Connected { agent, .. } = &call.state else {
+        let CallState::Connected { agent, answered_at } = &call.state else {
             return Err(RoutingError::CallInvalidState {
                 call: call_id.to_owned(),
                 state: call.state.name(),
@@ -551,6 +1044,14 @@ impl Acd {
             });
         };
         let (agent, queue) = (agent.clone(), call.queue.clone());
+        let talk_ms = now.saturating_sub(*answered_at);
+        if let Some(a) = self.roster.get_mut(&agent) {
+            a.talk_ms = a.talk_ms.saturating_add(talk_ms);
+        }
+        if let Some(q) = self.queues.get_mut(&queue) {
+            let handle_ms = talk_ms.saturating_add(q.config.wrapup_ms);
+            q.record_handle(handle_ms);
+        }
         self.after_call(&agent, &queue, now, events);
         self.finish(call_id, Ending::Answered { by }, now, events);
         Ok(())
@@ -563,47 +1064,236 @@ impl Acd {
         now: Millis,
         events: &mut Vec<Event>,
     ) -> Result<(), RoutingError> {
-        let call = self.call(call_id)?;
-        let (state, queue, seq) = (call.state.clone(), call.queue.clone(), call.seq);
-        match state {
-            CallState::Waiting => {
-                if let Some(line) = self.queues.get_mut(&queue) {
-                    line.remove(seq);
-                }
-            }
-            CallState::Offered { agent, .. } => self.revoke_to_ready(call_id, &agent, now, events),
-            CallState::Connected { agent, .. } => self.after_call(&agent, &queue, now, events),
-        }
-        self.finish(call_id, Ending::Lost { cause }, now, events);
+        self.call(call_id)?;
+        self.close_lost(call_id, cause, now, events);
         Ok(())
     }
 
-    /// Fires due ring timeouts (oldest deadline first), then due wrap-up ends.
+    /// Closes a live call as lost, whatever its state.
+    fn close_lost(&mut self, call_id: &str, cause: String, now: Millis, events: &mut Vec<Event>) {
+        let Some(call) = self.calls.get(call_id) else {
+            return;
+        };
+        let (state, queue, key) = (call.state.clone(), call.queue.clone(), call.key());
+        match state {
+            CallState::Waiting => {
+                if let Some(line) = self.queues.get_mut(&queue) {
+                    line.remove(key);
+                }
+            }
+            CallState::Offered { agents, .. } => {
+                for agent in agents {
+                    self.revoke_to_ready(call_id, &agent, RevokeReason::CallerGone, now, events);
+                }
+            }
+            CallState::Connected { agent, .. } => self.after_call(&agent, &queue, now, events),
+        }
+        self.finish(call_id, Ending::Lost { cause }, now, events);
+    }
+
+    fn request_callback(&mut self, call_id: &str, number: String) -> Result<(), RoutingError> {
+        let call = self.call(call_id)?;
+        if call.state != CallState::Waiting || call.callback.is_some() {
+            return Err(RoutingError::CallInvalidState {
+                call: call_id.to_owned(),
+                state: if call.callback.is_some() {
+                    "already a callback"
+                } else {
+                    call.state.name()
+                },
+                action: "become a callback (only a waiting caller can leave a number)",
+            });
+        }
+        if number.is_empty() {
+            return Err(RoutingError::CallInvalidState {
+                call: call_id.to_owned(),
+                state: "waiting",
+                action: "become a callback without a number",
+            });
+        }
+        if let Some(call) = self.calls.get_mut(call_id) {
+            call.callback = Some(Callback {
+                number,
+                attempts: 0,
+                not_before: 0,
+            });
+        }
+        Ok(())
+    }
+
+    fn callback_no_answer(
+        &mut self,
+        call_id: &str,
+        now: Millis,
+        events: &mut Vec<Event>,
+    ) -> Result<(), RoutingError> {
+        let call = self.call(call_id)?;
+        let (CallState::Connected { agent, .. }, Some(_)) = (&call.state, &call.callback) else {
+            return Err(RoutingError::CallInvalidState {
+                call: call_id.to_owned(),
+                state: call.state.name(),
+                action: "fail a callback (only a connected callback can)",
+            });
+        };
+        let agent = agent.clone();
+        let (attempts_max, gap_ms) = self.queues.get(&call.queue).map_or((1, 0), |q| {
+            (
+                q.config.callback_attempts_max.max(1),
+                q.config.callback_gap_ms,
+            )
+        });
+        // No talk, no wrap-up: the agent is free at once (unless leaving).
+        self.release_agent(&agent, 0, now, events);
+        let Some(call) = self.calls.get_mut(call_id) else {
+            return Ok(());
+        };
+        let attempts = call.callback.as_ref().map_or(0, |c| c.attempts) + 1;
+        if let Some(cb) = call.callback.as_mut() {
+            cb.attempts = attempts;
+            cb.not_before = now.saturating_add(gap_ms);
+        }
+        if attempts >= attempts_max {
+            let ending = Ending::Exit {
+                disposition: Disposition::CallbackUnanswered,
+                cause: "callback-no-answer".into(),
+            };
+            self.finish(call_id, ending, now, events);
+        } else {
+            self.return_to_line(call_id);
+        }
+        Ok(())
+    }
+
+    fn check_node_up(&self, node: NodeId) -> Result<(), RoutingError> {
+        match self.nodes.get(&node) {
+            Some(status) if !status.up => Err(RoutingError::NodeDown(node)),
+            _ => Ok(()),
+        }
+    }
+
+    fn node_lease(
+        &mut self,
+        node: NodeId,
+        site: String,
+        now: Millis,
+        events: &mut Vec<Event>,
+    ) -> Result<(), RoutingError> {
+        if let Some(status) = self.nodes.get_mut(&node) {
+            status.last_lease_at = now;
+            if status.site != site {
+                status.site = site;
+            }
+            if !status.up {
+                status.up = true;
+                events.push(Event::NodeUp { node });
+            }
+            return Ok(());
+        }
+        if self.nodes.len() >= self.limits.nodes_max {
+            return Err(RoutingError::LimitReached {
+                what: "the number of nodes (nodes_max)",
+                max: self.limits.nodes_max,
+            });
+        }
+        self.nodes.insert(
+            node,
+            NodeStatus {
+                site,
+                up: true,
+                last_lease_at: now,
+            },
+        );
+        events.push(Event::NodeUp { node });
+        Ok(())
+    }
+
+    /// Marks down every watched node whose last lease is older than `lease_ms`.
+    fn lapse_nodes(&mut self, now: Millis, events: &mut Vec<Event>) {
+        let lease_ms = self.lease_ms;
+        let lapsed: Vec<NodeId> = self
+            .nodes
+            .iter()
+            .filter(|(_, n)| n.up && now.saturating_sub(n.last_lease_at) > lease_ms)
+            .map(|(id, _)| *id)
+            .collect();
+        for node in lapsed {
+            self.node_down(node, now, events);
+        }
+    }
+
+    /// The node is gone: its calls are lost, its agents unreachable, and calls of live
+    /// nodes that were ringing its agents go back to the head of their line.
+    fn node_down(&mut self, node: NodeId, now: Millis, events: &mut Vec<Event>) {
+        if let Some(status) = self.nodes.get_mut(&node) {
+            status.up = false;
+        }
+        events.push(Event::NodeDown { node });
+        let owned: Vec<String> = self
+            .calls
+            .iter()
+            .filter(|(_, c)| c.owner == node)
+            .map(|(id, _)| id.clone())
+            .collect();
+        let cause = format!("node-down: n{node}");
+        for call in owned {
+            self.close_lost(&call, cause.clone(), now, events);
+        }
+        let agents: Vec<(String, AgentState)> = self
+            .roster
+            .iter()
+            .filter(|(_, a)| a.node == node && a.state != AgentState::LoggedOut)
+            .map(|(id, a)| (id.clone(), a.state.clone()))
+            .collect();
+        for (agent, state) in agents {
+            match state {
+                AgentState::OnCall { .. } => {
+                    // The owner (alive) ends the call; the agent goes when it does.
+                    self.roster.set_logout_pending(&agent, true);
+                }
+                AgentState::Reserved { call } => {
+                    self.withdraw(&call, &agent, RevokeReason::AgentNodeDown, events);
+                    self.set_agent(&agent, AgentState::LoggedOut, 0, events);
+                }
+                _ => self.set_agent(&agent, AgentState::LoggedOut, 0, events),
+            }
+            self.roster.set_logout_reason(&agent, "node-down");
+        }
+    }
+
+    /// Fires node lease lapses, due ring timeouts (oldest deadline first), due wrap-up
+    /// ends, the end of VIP and affinity waits, then each queue's time rules (max wait,
+    /// overflow).
     fn tick(&mut self, now: Millis, events: &mut Vec<Event>) {
-        let mut due: Vec<(Millis, String, String)> = self
+        self.lapse_nodes(now, events);
+        let mut due: Vec<(Millis, String, Vec<String>)> = self
             .calls
             .iter()
             .filter_map(|(id, call)| match &call.state {
                 CallState::Offered {
-                    agent,
+                    agents,
                     ring_deadline,
                     ..
-                } if *ring_deadline <= now => Some((*ring_deadline, id.clone(), agent.clone())),
+                } if *ring_deadline <= now => Some((*ring_deadline, id.clone(), agents.clone())),
                 _ => None,
             })
             .collect();
         due.sort();
-        for (_, call, agent) in due {
-            self.return_to_line(&call);
-            events.push(Event::OfferRevoked {
-                call,
-                agent: agent.clone(),
-                reason: RevokeReason::RingTimeout,
-            });
-            let state = AgentState::NotReady {
-                reason: OfferFailure::NoAnswer.reason_code().to_owned(),
-            };
-            self.set_agent(&agent, state, 0, events);
+        for (_, call, agents) in due {
+            let ring_all = agents.len() > 1;
+            for agent in agents {
+                self.take_off_offer(&call, &agent);
+                events.push(Event::OfferRevoked {
+                    call: call.clone(),
+                    agent: agent.clone(),
+                    reason: RevokeReason::RingTimeout,
+                });
+                if ring_all {
+                    // Nobody answering a ring-all is no one agent's miss.
+                    self.set_agent(&agent, AgentState::Ready, now, events);
+                } else {
+                    self.missed(&agent, now, events);
+                }
+            }
         }
         let wrapped: Vec<(String, Millis)> = self
             .roster
@@ -616,62 +1306,318 @@ impl Acd {
         for (agent, until) in wrapped {
             self.set_agent(&agent, AgentState::Ready, until, events);
         }
+        self.end_preferred_waits(now);
+        self.apply_queue_timers(now, events);
     }
 
-    /// Offers head-of-line calls to agents until no pair is left. Heads are served oldest
-    /// arrival first across queues, so when one agent could take several queues' heads the
-    /// call that arrived first gets them. A queue whose head finds no agent is skipped for
-    /// the rest of the pass: its other calls need the same skill, and agents only get
-    /// taken during a pass, never freed.
-    fn match_calls(&mut self, now: Millis, events: &mut Vec<Event>) {
-        let mut heads: BTreeSet<(u64, String)> = self
-            .queues
+    /// A VIP or affinity wait is over: drop the preference; a VIP takes its raised
+    /// priority (moving up its line, arrival order kept among its new peers).
+    fn end_preferred_waits(&mut self, now: Millis) {
+        let over: Vec<String> = self
+            .calls
             .iter()
-            .filter_map(|(name, q)| Some((q.head()?.seq, name.clone())))
+            .filter(|(_, c)| c.preferred.as_ref().is_some_and(|p| p.until <= now))
+            .map(|(id, _)| id.clone())
             .collect();
-        while let Some((_, name)) = heads.pop_first() {
+        for id in over {
+            let Some(call) = self.calls.get_mut(&id) else {
+                continue;
+            };
+            let old_key = call.key();
+            let raised = call
+                .preferred
+                .take()
+                .and_then(|p| p.then_priority)
+                .filter(|p| *p > call.priority);
+            let Some(priority) = raised else {
+                continue;
+            };
+            call.priority = priority;
+            if call.state == CallState::Waiting {
+                if let Some(queue) = self.queues.get_mut(&call.queue) {
+                    if let Some(mut entry) = queue.remove(old_key) {
+                        entry.priority = priority;
+                        queue.insert(entry);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Max wait and overflow for calls waiting in line, in queue then line order.
+    fn apply_queue_timers(&mut self, now: Millis, events: &mut Vec<Event>) {
+        let mut leaving: Vec<(String, String, ExitAction, ExitReason)> = Vec::new();
+        for (name, queue) in &self.queues {
+            let c = &queue.config;
+            if c.max_wait_ms == 0 && c.overflow_after_ms == 0 && !c.overflow_when_no_agents {
+                continue;
+            }
+            for w in &queue.waiting {
+                let Some(call) = self.calls.get(&w.call) else {
+                    continue;
+                };
+                let waited = now.saturating_sub(call.queued_at);
+                let to_overflow = || ExitAction::Queue {
+                    queue: c.overflow_to.clone(),
+                };
+                let exit =
+                    if c.max_wait_ms > 0 && waited >= c.max_wait_ms && call.callback.is_none() {
+                        Some((c.max_wait_action.clone(), ExitReason::MaxWait))
+                    } else if c.overflow_after_ms > 0 && waited >= c.overflow_after_ms {
+                        Some((to_overflow(), ExitReason::OverflowWait))
+                    } else if c.overflow_when_no_agents && !self.anyone_could(call) {
+                        Some((to_overflow(), ExitReason::NoAgents))
+                    } else {
+                        None
+                    };
+                if let Some((action, reason)) = exit {
+                    leaving.push((w.call.clone(), name.clone(), action, reason));
+                }
+            }
+        }
+        for (call, queue, action, reason) in leaving {
+            let key = match self.calls.get(&call) {
+                Some(c) if c.state == CallState::Waiting && c.queue == queue => c.key(),
+                _ => continue,
+            };
+            if let Some(line) = self.queues.get_mut(&queue) {
+                line.remove(key);
+            }
+            if self.exit(&call, action, reason, now, events) {
+                self.admit(&call, now, events);
+            }
+        }
+    }
+
+    /// Offers waiting calls to agents until no pair is left. Each queue's candidate is its
+    /// first call in line that some ready agent may take (a call held back by a rule, such
+    /// as waiting for its own site, a skill level or a preferred agent, lets the next one
+    /// by); candidates are served highest priority first across queues, then earliest
+    /// arrival (or, with fairness, longest wait times queue weight). Agents are only taken
+    /// during a pass, never freed, so a call found unmatchable stays so for the rest of
+    /// the pass.
+    fn match_calls(&mut self, now: Millis, events: &mut Vec<Event>) {
+        if !self.roster.any_ready() {
+            return;
+        }
+        // (rank, queue, index in line, offers made when found, agents found then): a
+        // candidate found before the latest offer is checked again before it is used.
+        let mut candidates: BTreeSet<(Rank, String, usize, u64, Vec<String>)> = BTreeSet::new();
+        let mut made: u64 = 0;
+        for (name, queue) in &self.queues {
+            if let Some((index, rank, agents)) = self.candidate(queue, 0, now) {
+                candidates.insert((rank, name.clone(), index, made, agents));
+            }
+        }
+        while let Some((rank, name, from, found_at, agents)) = candidates.pop_first() {
+            let Some(queue) = self.queues.get(&name) else {
+                continue;
+            };
+            let agents = if found_at == made {
+                agents
+            } else {
+                let Some((index, found, agents)) = self.candidate(queue, from, now) else {
+                    continue;
+                };
+                if found != rank || index != from {
+                    // Its agent went to another call: this queue's next candidate competes
+                    // anew.
+                    candidates.insert((found, name, index, made, agents));
+                    continue;
+                }
+                agents
+            };
+            let index = from;
+            let ring_timeout_ms = queue.config.ring_timeout_ms;
             let Some(queue) = self.queues.get_mut(&name) else {
                 continue;
             };
-            let Some(agent) = strategy::longest_idle(&self.roster, &queue.config.skill) else {
+            let Some(entry) = queue.remove_at(index) else {
                 continue;
             };
-            let agent = agent.to_owned();
-            let ring_timeout_ms = queue.config.ring_timeout_ms;
-            let Some(head) = queue.pop_head() else {
-                continue;
-            };
-            if let Some(next) = queue.head() {
-                heads.insert((next.seq, name));
+            queue.last_offered = agents.first().cloned();
+            self.offer(entry.call, agents, ring_timeout_ms, now, events);
+            made += 1;
+            if !self.roster.any_ready() {
+                return;
             }
-            self.offer(head.call, agent, ring_timeout_ms, now, events);
+            if let Some(queue) = self.queues.get(&name) {
+                if let Some((index, rank, agents)) = self.candidate(queue, index, now) {
+                    candidates.insert((rank, name, index, made, agents));
+                }
+            }
         }
+    }
+
+    /// The first call in `queue`'s line at or after index `from` that a ready agent may
+    /// take: (index, rank, agents).
+    fn candidate(
+        &self,
+        queue: &Queue,
+        from: usize,
+        now: Millis,
+    ) -> Option<(usize, Rank, Vec<String>)> {
+        // Plain calls (queue skills, no preferred agent, not a callback) that found no
+        // agent in this scan, by (escalation cap, site when held to it): later plain calls
+        // with the same key find none either.
+        let mut failed: BTreeSet<(u8, &str)> = BTreeSet::new();
+        for (index, waiting) in queue.waiting.iter().enumerate().skip(from) {
+            let Some(call) = self.calls.get(&waiting.call) else {
+                continue;
+            };
+            if call.callback.as_ref().is_some_and(|cb| now < cb.not_before) {
+                continue;
+            }
+            let waited = now.saturating_sub(call.queued_at);
+            let cap = queue.config.level_cap(waited);
+            let any_site = now.saturating_sub(call.arrived_at) >= queue.config.local_wait_ms;
+            let plain = call.needs.is_empty()
+                && call.preferred_agent(now).is_none()
+                && call.callback.is_none();
+            let site_key = if any_site { "" } else { call.site.as_str() };
+            if plain && failed.contains(&(cap, site_key)) {
+                continue;
+            }
+            let needs = if call.needs.is_empty() {
+                &queue.needs
+            } else {
+                &call.needs
+            };
+            let mut want = self.want(queue, needs, cap, call, any_site, Some(&waiting.call));
+            want.only = call.preferred_agent(now);
+            let mut agents = strategy::select(&self.roster, &want);
+            if call.callback.is_some() {
+                agents.truncate(1);
+            }
+            if !agents.is_empty() {
+                let rank = self.rank(queue, call, now);
+                return Some((index, rank, agents.into_iter().map(str::to_owned).collect()));
+            }
+            if plain {
+                failed.insert((cap, site_key));
+            }
+        }
+        None
+    }
+
+    fn want<'a>(
+        &'a self,
+        queue: &'a Queue,
+        needs: &'a [Need],
+        cap: u8,
+        call: &'a Call,
+        any_site: bool,
+        call_id: Option<&str>,
+    ) -> Want<'a> {
+        let random = queue.config.strategy == Strategy::Random;
+        let draw = call_id.filter(|_| random).map_or(0, |id| {
+            let mut h = Fnv::new();
+            id.canon(&mut h);
+            call.seq.canon(&mut h);
+            call.offers.canon(&mut h);
+            h.finish()
+        });
+        Want {
+            needs,
+            cap,
+            site: &call.site,
+            any_site,
+            only: None,
+            strategy: queue.config.strategy,
+            agent_order: &queue.config.agent_order,
+            last_offered: queue.last_offered.as_deref(),
+            draw,
+        }
+    }
+
+    fn rank(&self, queue: &Queue, call: &Call, now: Millis) -> Rank {
+        let fairness = if self.settings.fairness {
+            let waited = now.saturating_sub(call.arrived_at);
+            let weight = u64::from(queue.config.weight.max(1));
+            u64::MAX - waited.saturating_mul(weight)
+        } else {
+            0
+        };
+        (u32::MAX - call.priority, fairness, call.seq)
     }
 
     fn offer(
         &mut self,
         call_id: String,
-        agent: String,
+        agents: Vec<String>,
         ring_timeout_ms: u64,
         now: Millis,
         events: &mut Vec<Event>,
     ) {
-        if let Some(call) = self.calls.get_mut(&call_id) {
-            call.state = CallState::Offered {
-                agent: agent.clone(),
-                offered_at: now,
-                ring_deadline: now.saturating_add(ring_timeout_ms),
+        let Some(call) = self.calls.get_mut(&call_id) else {
+            return;
+        };
+        call.first_offered_at.get_or_insert(now);
+        call.offers = call.offers.saturating_add(1);
+        call.last_agent = agents.first().cloned();
+        let owner = call.owner;
+        let callback = call
+            .callback
+            .as_ref()
+            .map(|cb| (cb.number.clone(), cb.attempts + 1));
+        call.state = CallState::Offered {
+            agents: agents.clone(),
+            offered_at: now,
+            ring_deadline: now.saturating_add(ring_timeout_ms),
+        };
+        for agent in agents {
+            let agent_node = self.roster.get(&agent).map_or(0, |a| a.node);
+            events.push(match &callback {
+                Some((number, attempt)) => Event::CallbackOffered {
+                    call: call_id.clone(),
+                    agent: agent.clone(),
+                    number: number.clone(),
+                    owner,
+                    agent_node,
+                    attempt: *attempt,
+                },
+                None => Event::Offered {
+                    call: call_id.clone(),
+                    agent: agent.clone(),
+                    ring_timeout_ms,
+                    owner,
+                    agent_node,
+                },
+            });
+            let state = AgentState::Reserved {
+                call: call_id.clone(),
             };
-            call.first_offered_at.get_or_insert(now);
-            call.offers = call.offers.saturating_add(1);
-            call.last_agent = Some(agent.clone());
+            self.set_agent(&agent, state, 0, events);
         }
-        events.push(Event::Offered {
-            call: call_id.clone(),
-            agent: agent.clone(),
-            ring_timeout_ms,
+    }
+
+    /// Removes `agent` from the call's offer; the last one out puts the call back in line.
+    fn take_off_offer(&mut self, call_id: &str, agent: &str) {
+        let Some(call) = self.calls.get_mut(call_id) else {
+            return;
+        };
+        if let CallState::Offered { agents, .. } = &mut call.state {
+            agents.retain(|a| a != agent);
+            if agents.is_empty() {
+                self.return_to_line(call_id);
+            }
+        }
+    }
+
+    /// Withdraws one agent's offer and tells the node; the agent's state is the caller's.
+    fn withdraw(
+        &mut self,
+        call_id: &str,
+        agent: &str,
+        reason: RevokeReason,
+        events: &mut Vec<Event>,
+    ) {
+        self.take_off_offer(call_id, agent);
+        events.push(Event::OfferRevoked {
+            call: call_id.to_owned(),
+            agent: agent.to_owned(),
+            reason,
         });
-        self.set_agent(&agent, AgentState::Reserved { call: call_id }, 0, events);
     }
 
     /// Puts an offered call back in its line, ahead of everyone who arrived after it.
@@ -680,31 +1626,48 @@ impl Acd {
             return;
         };
         call.state = CallState::Waiting;
+        let entry = Waiting {
+            priority: call.priority,
+            seq: call.seq,
+            call: call_id.to_owned(),
+        };
         if let Some(queue) = self.queues.get_mut(&call.queue) {
-            queue.insert(Waiting {
-                seq: call.seq,
-                call: call_id.to_owned(),
-                arrived_at: call.arrived_at,
-            });
+            queue.insert(entry);
         }
     }
 
-    /// The caller left while `agent` was ringing: cancel the agent leg; the agent is free.
-    fn revoke_to_ready(&mut self, call: &str, agent: &str, now: Millis, events: &mut Vec<Event>) {
+    /// The offer to `agent` is cancelled for a reason that is not theirs: they are free.
+    fn revoke_to_ready(
+        &mut self,
+        call: &str,
+        agent: &str,
+        reason: RevokeReason,
+        now: Millis,
+        events: &mut Vec<Event>,
+    ) {
         events.push(Event::OfferRevoked {
             call: call.to_owned(),
             agent: agent.to_owned(),
-            reason: RevokeReason::CallerGone,
+            reason,
         });
         self.set_agent(agent, AgentState::Ready, now, events);
     }
 
-    /// The agent's call ended: log out if their phone went away, else wrap up.
+    /// The agent's call ended: log out if their phone went away, not ready if a supervisor
+    /// said so, else wrap up.
     fn after_call(&mut self, agent: &str, queue: &str, now: Millis, events: &mut Vec<Event>) {
-        let pending = self.roster.get(agent).is_some_and(|a| a.logout_pending);
         let wrapup_ms = self.queues.get(queue).map_or(0, |q| q.config.wrapup_ms);
+        self.release_agent(agent, wrapup_ms, now, events);
+    }
+
+    fn release_agent(&mut self, agent: &str, wrapup_ms: u64, now: Millis, events: &mut Vec<Event>) {
+        let (pending, not_ready) = self.roster.get_mut(agent).map_or((false, None), |a| {
+            (a.logout_pending, a.not_ready_after_call.take())
+        });
         if pending {
             self.set_agent(agent, AgentState::LoggedOut, 0, events);
+        } else if let Some(reason) = not_ready {
+            self.set_agent(agent, AgentState::NotReady { reason }, 0, events);
         } else if wrapup_ms == 0 {
             self.set_agent(agent, AgentState::Ready, now, events);
         } else {
@@ -718,10 +1681,11 @@ impl Acd {
         let Some(call) = self.calls.remove(call_id) else {
             return;
         };
-        match ending {
+        match &ending {
             Ending::Answered { .. } => self.totals.answered += 1,
             Ending::Abandoned { .. } => self.totals.abandoned += 1,
             Ending::Lost { .. } => self.totals.lost += 1,
+            Ending::Exit { .. } => self.totals.exited += 1,
         }
         events.push(Event::CallFinished(call.record(call_id, ending, now)));
     }
@@ -753,7 +1717,7 @@ impl Acd {
             .ok_or_else(|| RoutingError::UnknownCall(call.to_owned()))
     }
 
-    /// The call must be ringing exactly this agent.
+    /// The call must be ringing this agent.
     fn check_offered_to(
         &self,
         call_id: &str,
@@ -762,7 +1726,7 @@ impl Acd {
     ) -> Result<(), RoutingError> {
         let call = self.call(call_id)?;
         match &call.state {
-            CallState::Offered { agent: a, .. } if a == agent => Ok(()),
+            CallState::Offered { agents, .. } if agents.iter().any(|a| a == agent) => Ok(()),
             CallState::Connected { agent: a, .. } if a == agent => {
                 Err(RoutingError::CallInvalidState {
                     call: call_id.to_owned(),
@@ -778,6 +1742,56 @@ impl Acd {
     }
 }
 
+/// An agent's skills from `name` / `name:level` strings.
+fn parse_skills(skills: &[String]) -> Result<BTreeMap<String, u8>, RoutingError> {
+    if skills.len() > SKILLS_MAX {
+        return Err(RoutingError::InvalidSkills(format!(
+            "at most {SKILLS_MAX} skills"
+        )));
+    }
+    skill::parse_all(skills).ok_or_else(|| {
+        RoutingError::InvalidSkills(format!(
+            "{skills:?}: each skill must be `name` or `name:level` with level 1-10"
+        ))
+    })
+}
+
+impl Canon for RoutingSettings {
+    fn canon(&self, h: &mut Fnv) {
+        let RoutingSettings {
+            missed_offers_max,
+            fairness,
+            affinity_days,
+            affinity_wait_ms,
+            affinity_callers_max,
+        } = self;
+        missed_offers_max.canon(h);
+        fairness.canon(h);
+        affinity_days.canon(h);
+        affinity_wait_ms.canon(h);
+        affinity_callers_max.canon(h);
+    }
+}
+
+impl Canon for Vip {
+    fn canon(&self, h: &mut Fnv) {
+        let Vip {
+            agent,
+            wait_ms,
+            priority,
+        } = self;
+        agent.canon(h);
+        wait_ms.canon(h);
+        priority.canon(h);
+    }
+}
+
+impl Canon for Strategy {
+    fn canon(&self, h: &mut Fnv) {
+        h.tag(*self as u8);
+    }
+}
+
 impl Canon for Acd {
     fn canon(&self, h: &mut Fnv) {
         let Acd {
@@ -788,6 +1802,12 @@ impl Canon for Acd {
             roster,
             calls,
             totals,
+            nodes,
+            lease_ms,
+            settings,
+            vips,
+            last_agent,
+            last_agent_age: _,
         } = self;
         now.canon(h);
         next_seq.canon(h);
@@ -796,6 +1816,11 @@ impl Canon for Acd {
         roster.canon(h);
         calls.canon(h);
         totals.canon(h);
+        nodes.canon(h);
+        lease_ms.canon(h);
+        settings.canon(h);
+        vips.canon(h);
+        last_agent.canon(h);
     }
 }
 

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use crate::canon::{Canon, Fnv};
-use crate::Millis;
+use crate::{Millis, NodeId};
 
 /// Where an agent stands, as the node and wallboards see it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -77,12 +77,40 @@ impl AgentState {
 /// One agent as the ACD knows them.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Agent {
-    pub(crate) skills: BTreeSet<String>,
+    /// Skill name -> level 1-10.
+    pub(crate) skills: BTreeMap<String, u8>,
     pub(crate) state: AgentState,
     /// When the agent last became ready; meaningful only while `Ready`.
     pub(crate) idle_since: Millis,
     /// The phone unregistered during a call: log out when the call ends.
     pub(crate) logout_pending: bool,
+    /// The node holding the phone's registration, and its site.
+    pub(crate) node: NodeId,
+    pub(crate) site: String,
+    /// Why the agent was logged out by the ACD itself (e.g. `node-down`); cleared at login.
+    pub(crate) logout_reason: Option<String>,
+    /// A supervisor forced not-ready during a call: applied when it ends.
+    pub(crate) not_ready_after_call: Option<String>,
+    /// Offers missed in a row (no answer).
+    pub(crate) missed: u32,
+    /// Calls answered and talk time, for the fewest-calls and least-talk strategies.
+    pub(crate) calls_answered: u64,
+    pub(crate) talk_ms: u64,
+}
+
+impl Agent {
+    /// Reserved, on a call or wrapping up: counts toward the site's occupancy.
+    /// The agent's level in `skill`, 0 without it.
+    pub(crate) fn level(&self, skill: &str) -> u8 {
+        self.skills.get(skill).copied().unwrap_or(0)
+    }
+
+    pub(crate) fn busy(&self) -> bool {
+        matches!(
+            self.state,
+            AgentState::Reserved { .. } | AgentState::OnCall { .. } | AgentState::WrapUp { .. }
+        )
+    }
 }
 
 /// All agents ever seen (logged-out ones stay, to keep their identity and skills), plus
@@ -99,12 +127,23 @@ impl Roster {
         self.agents.get(id)
     }
 
+    /// The agent with its id as stored (borrowed from the roster).
+    pub(crate) fn get_entry(&self, id: &str) -> Option<(&str, &Agent)> {
+        self.agents
+            .get_key_value(id)
+            .map(|(id, agent)| (id.as_str(), agent))
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.agents.len()
     }
 
     pub(crate) fn iter(&self) -> impl Iterator<Item = (&String, &Agent)> {
         self.agents.iter()
+    }
+
+    pub(crate) fn any_ready(&self) -> bool {
+        !self.ready.is_empty()
     }
 
     /// Ready agents, longest idle first (ties by id).
@@ -116,7 +155,7 @@ impl Roster {
     }
 
     /// Adds a logged-out agent with these skills.
-    pub(crate) fn add(&mut self, id: &str, skills: BTreeSet<String>) {
+    pub(crate) fn add(&mut self, id: &str, skills: BTreeMap<String, u8>) {
         self.agents.insert(
             id.to_owned(),
             Agent {
@@ -124,11 +163,39 @@ impl Roster {
                 state: AgentState::LoggedOut,
                 idle_since: 0,
                 logout_pending: false,
+                node: 0,
+                site: String::new(),
+                logout_reason: None,
+                not_ready_after_call: None,
+                missed: 0,
+                calls_answered: 0,
+                talk_ms: 0,
             },
         );
     }
 
-    pub(crate) fn set_skills(&mut self, id: &str, skills: BTreeSet<String>) {
+    pub(crate) fn get_mut(&mut self, id: &str) -> Option<&mut Agent> {
+        self.agents.get_mut(id)
+    }
+
+    /// Records where the agent's phone is registered now.
+    pub(crate) fn set_location(&mut self, id: &str, node: NodeId, site: &str) {
+        if let Some(agent) = self.agents.get_mut(id) {
+            agent.node = node;
+            if agent.site != site {
+                agent.site = site.to_owned();
+            }
+            agent.logout_reason = None;
+        }
+    }
+
+    pub(crate) fn set_logout_reason(&mut self, id: &str, reason: &str) {
+        if let Some(agent) = self.agents.get_mut(id) {
+            agent.logout_reason = Some(reason.to_owned());
+        }
+    }
+
+    pub(crate) fn set_skills(&mut self, id: &str, skills: BTreeMap<String, u8>) {
         if let Some(agent) = self.agents.get_mut(id) {
             agent.skills = skills;
         }
@@ -155,6 +222,7 @@ impl Roster {
         }
         if state == AgentState::LoggedOut {
             agent.logout_pending = false;
+            agent.not_ready_after_call = None;
         }
         agent.state = state;
         true
@@ -211,11 +279,25 @@ impl Canon for Agent {
             state,
             idle_since,
             logout_pending,
+            node,
+            site,
+            logout_reason,
+            not_ready_after_call,
+            missed,
+            calls_answered,
+            talk_ms,
         } = self;
         skills.canon(h);
         state.canon(h);
         idle_since.canon(h);
         logout_pending.canon(h);
+        node.canon(h);
+        site.canon(h);
+        logout_reason.canon(h);
+        not_ready_after_call.canon(h);
+        missed.canon(h);
+        calls_answered.canon(h);
+        talk_ms.canon(h);
     }
 }
 
@@ -235,7 +317,7 @@ mod tests {
     fn ready_index_orders_by_idle_then_id() {
         let mut roster = Roster::default();
         for id in ["b", "a", "c"] {
-            roster.add(id, BTreeSet::new());
+            roster.add(id, BTreeMap::new());
         }
         roster.set_state("b", AgentState::Ready, 10);
         roster.set_state("a", AgentState::Ready, 10);

@@ -5,16 +5,18 @@ use serde::{Deserialize, Serialize};
 use crate::canon::{Canon, Fnv};
 use crate::command::Party;
 use crate::event::{CallRecord, Disposition};
-use crate::Millis;
+use crate::skill::Need;
+use crate::{Millis, NodeId};
 
 /// Where a live call stands. Finished calls leave the ACD (their record is the event).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) enum CallState {
     /// In its queue's line.
     Waiting,
-    /// Ringing `agent`; revoked by Tick once `now >= ring_deadline`.
+    /// Ringing `agents` (more than one only for ring-all); revoked by Tick once
+    /// `now >= ring_deadline`.
     Offered {
-        agent: String,
+        agents: Vec<String>,
         offered_at: Millis,
         ring_deadline: Millis,
     },
@@ -47,13 +49,71 @@ pub(crate) struct Call {
     pub(crate) first_offered_at: Option<Millis>,
     pub(crate) offers: u32,
     pub(crate) last_agent: Option<String>,
+    /// The node holding the caller leg, and its site.
+    pub(crate) owner: NodeId,
+    pub(crate) site: String,
+    pub(crate) priority: u32,
+    /// Skills this call needs instead of its queue's (empty = the queue's).
+    pub(crate) needs: Vec<Need>,
+    /// When the call entered its current queue (escalation, overflow and max wait count
+    /// from here; `arrived_at` is kept across moves).
+    pub(crate) queued_at: Millis,
+    /// The first queue, once the call has moved.
+    pub(crate) first_queue: Option<String>,
+    pub(crate) moves: u32,
+    /// VIP or last-agent affinity: only this agent until `until`, then the call's
+    /// priority becomes `then_priority` (VIP) if higher.
+    pub(crate) preferred: Option<Preferred>,
+    pub(crate) callback: Option<Callback>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Preferred {
+    pub(crate) agent: String,
+    pub(crate) until: Millis,
+    pub(crate) then_priority: Option<u32>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Callback {
+    pub(crate) number: String,
+    /// Attempts made (customer not reached).
+    pub(crate) attempts: u32,
+    /// No new attempt before this time.
+    pub(crate) not_before: Millis,
+}
+
+impl Call {
+    /// The line key of this call (see `Waiting::key`).
+    pub(crate) fn key(&self) -> (u32, u64) {
+        (u32::MAX - self.priority, self.seq)
+    }
+
+    /// The call waits only for its preferred agent at `now`.
+    pub(crate) fn preferred_agent(&self, now: Millis) -> Option<&str> {
+        self.preferred
+            .as_ref()
+            .filter(|p| now < p.until)
+            .map(|p| p.agent.as_str())
+    }
 }
 
 /// How a call leaves the ACD, for its record.
 pub(crate) enum Ending {
-    Answered { by: Party },
-    Abandoned { position: Option<u32> },
-    Lost { cause: String },
+    Answered {
+        by: Party,
+    },
+    Abandoned {
+        position: Option<u32>,
+    },
+    Lost {
+        cause: String,
+    },
+    /// An exit action (voicemail or hang-up) or a callback given up.
+    Exit {
+        disposition: Disposition,
+        cause: String,
+    },
 }
 
 impl Call {
@@ -70,6 +130,7 @@ impl Call {
                 (Disposition::Abandoned, Party::Caller, None, position)
             }
             Ending::Lost { cause } => (Disposition::Lost, Party::System, Some(cause), None),
+            Ending::Exit { disposition, cause } => (disposition, Party::System, Some(cause), None),
         };
         CallRecord {
             call: id.to_owned(),
@@ -87,6 +148,10 @@ impl Call {
             cause,
             offers: self.offers,
             position_at_end,
+            priority: self.priority,
+            first_queue: self.first_queue.clone(),
+            callback_number: self.callback.as_ref().map(|c| c.number.clone()),
+            callback_attempts: self.callback.as_ref().map_or(0, |c| c.attempts),
         }
     }
 }
@@ -95,12 +160,12 @@ impl Canon for CallState {
         match self {
             CallState::Waiting => h.tag(0),
             CallState::Offered {
-                agent,
+                agents,
                 offered_at,
                 ring_deadline,
             } => {
                 h.tag(1);
-                agent.canon(h);
+                agents.canon(h);
                 offered_at.canon(h);
                 ring_deadline.canon(h);
             }
@@ -125,6 +190,15 @@ impl Canon for Call {
             first_offered_at,
             offers,
             last_agent,
+            owner,
+            site,
+            priority,
+            needs,
+            queued_at,
+            first_queue,
+            moves,
+            preferred,
+            callback,
         } = self;
         queue.canon(h);
         caller.canon(h);
@@ -135,5 +209,40 @@ impl Canon for Call {
         first_offered_at.canon(h);
         offers.canon(h);
         last_agent.canon(h);
+        owner.canon(h);
+        site.canon(h);
+        priority.canon(h);
+        needs.canon(h);
+        queued_at.canon(h);
+        first_queue.canon(h);
+        moves.canon(h);
+        preferred.canon(h);
+        callback.canon(h);
+    }
+}
+
+impl Canon for Preferred {
+    fn canon(&self, h: &mut Fnv) {
+        let Preferred {
+            agent,
+            until,
+            then_priority,
+        } = self;
+        agent.canon(h);
+        until.canon(h);
+        then_priority.canon(h);
+    }
+}
+
+impl Canon for Callback {
+    fn canon(&self, h: &mut Fnv) {
+        let Callback {
+            number,
+            attempts,
+            not_before,
+        } = self;
+        number.canon(h);
+        attempts.canon(h);
+        not_before.canon(h);
     }
 }

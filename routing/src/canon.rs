@@ -60,6 +60,29 @@ impl Canon for usize {
     }
 }
 
+impl Canon for u8 {
+    fn canon(&self, h: &mut Fnv) {
+        u64::from(*self).canon(h);
+    }
+}
+
+impl<T: Canon> Canon for Vec<T> {
+    fn canon(&self, h: &mut Fnv) {
+        self.len().canon(h);
+        for value in self {
+            value.canon(h);
+        }
+    }
+}
+
+impl<A: Canon, B: Canon, C: Canon> Canon for (A, B, C) {
+    fn canon(&self, h: &mut Fnv) {
+        self.0.canon(h);
+        self.1.canon(h);
+        self.2.canon(h);
+    }
+}
+
 impl Canon for bool {
     fn canon(&self, h: &mut Fnv) {
         h.tag(u8::from(*self));

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::queue::QueueConfig;
-use crate::Millis;
+use crate::{Millis, NodeId};
 
 /// Who ended a call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -35,14 +35,21 @@ impl OfferFailure {
 /// One input to [`crate::Acd::apply`]. Every variant carries the proposer's timestamp
 /// `at`; the machine clamps it so its own `now` never goes backwards.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+// ConfigureQueue is large, but commands are short-lived values, and boxing it would only
+// make every caller write `Box::new`.
+#[allow(clippy::large_enum_variant)]
 pub enum Command {
     /// Create or replace a queue's config (live change: calls in it keep their place).
     ConfigureQueue { queue: QueueConfig, at: Millis },
-    /// An agent's phone registered: the agent is logged in and ready (idle since `at`).
-    /// If already logged in, update skills only (no state change).
+    /// An agent's phone registered at `node` (at `site`): the agent is logged in and ready
+    /// (idle since `at`). If already logged in, update skills, node and site only (no state
+    /// change): a login at another node moves the registration. Refused from a node that
+    /// is marked down (its lease must be renewed first).
     AgentLogin {
         agent: String,
         skills: Vec<String>,
+        node: NodeId,
+        site: String,
         at: Millis,
     },
     /// Phone unregistered / registration expired. If the agent is reserved (ringing) the
@@ -58,14 +65,8 @@ pub enum Command {
         at: Millis,
     },
     /// A caller is waiting (answered, hearing hold music). `call` is unique; a duplicate
-    /// Enqueue is an error. Unknown queue -> error.
-    Enqueue {
-        call: String,
-        queue: String,
-        caller: String,
-        dialled: String,
-        at: Millis,
-    },
+    /// Enqueue is an error. Unknown queue -> error. Refused when the owner node is down.
+    Enqueue(Arrival),
     /// The caller hung up (or cancelled) before being connected: terminal record `abandoned`.
     /// If the call was being offered, the agent returns to ready (idle since `at`) and an
     /// `OfferRevoked{reason: CallerGone}` event tells the node to cancel the agent leg.
@@ -99,6 +100,120 @@ pub enum Command {
     /// reason RingTimeout, call back to head of queue, agent not-ready "no-answer") and
     /// wrap-up ends (agent -> ready, idle since the wrap-up end time).
     Tick { at: Millis },
+    /// `node` (at `site`) is alive. The first lease registers the node (only registered
+    /// nodes are watched); a lease from a node marked down brings it back up (its old
+    /// calls are already gone).
+    NodeLease {
+        node: NodeId,
+        site: String,
+        at: Millis,
+    },
+    /// Cluster-wide liveness settings: a node whose last lease is older than `lease_ms` is
+    /// marked down on the next Tick (default 3,000 ms until configured).
+    ConfigureCluster { lease_ms: u64, at: Millis },
+    /// Cluster-wide routing rules (missed offers, fairness, last-agent affinity).
+    ConfigureRouting {
+        settings: RoutingSettings,
+        at: Millis,
+    },
+    /// A supervisor changes an agent's skills (`name` or `name:level`) without a new login.
+    SetAgentSkills {
+        agent: String,
+        skills: Vec<String>,
+        at: Millis,
+    },
+    /// A supervisor forces an agent's state. A ringing offer is revoked (call back to the
+    /// head of its line); an agent on a call gets the state when the call ends.
+    ForceAgentState {
+        agent: String,
+        state: ForcedState,
+        at: Millis,
+    },
+    /// Adds, replaces (`Some`) or removes (`None`) a VIP caller number.
+    SetVip {
+        caller: String,
+        vip: Option<Vip>,
+        at: Millis,
+    },
+    /// A waiting caller left a number and hung up: the call keeps its place as a virtual
+    /// call; at its turn an agent is reserved and [`crate::Event::CallbackOffered`] tells
+    /// the owner to dial the agent, then the customer.
+    RequestCallback {
+        call: String,
+        number: String,
+        at: Millis,
+    },
+    /// The customer of a callback did not answer (the agent had answered, `Connected`):
+    /// the agent is free again; the callback retries after the queue's gap, or gives up
+    /// after `callback_attempts_max` attempts (record `CallbackUnanswered`).
+    CallbackNoAnswer { call: String, at: Millis },
+}
+
+/// A state a supervisor may force on an agent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ForcedState {
+    Ready,
+    NotReady { reason: String },
+    LoggedOut,
+}
+
+/// A VIP caller: waits up to `wait_ms` for their dedicated `agent`, then joins the line at
+/// `priority` (if higher than the call's own).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Vip {
+    pub agent: String,
+    pub wait_ms: u64,
+    pub priority: u32,
+}
+
+/// Cluster-wide routing rules. `Default` keeps the single-offer behaviour: one missed
+/// offer sends the agent not ready, no fairness weighting, no affinity.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoutingSettings {
+    /// Consecutive missed offers (no answer) before an agent goes not ready `no-answer`;
+    /// 0 means 1. Below it, a missed agent goes back to ready (at the back of idle order).
+    pub missed_offers_max: u32,
+    /// Across queues, serve the call with the longest wait times its queue's weight first
+    /// (within a priority) instead of the earliest arrival.
+    pub fairness: bool,
+    /// Last-agent affinity: a caller served within this many days is offered first to that
+    /// agent for `affinity_wait_ms`; 0 days = off.
+    pub affinity_days: u32,
+    pub affinity_wait_ms: u64,
+    /// Callers remembered at most (oldest forgotten first).
+    pub affinity_callers_max: usize,
+}
+
+impl Default for RoutingSettings {
+    fn default() -> Self {
+        RoutingSettings {
+            missed_offers_max: 1,
+            fairness: false,
+            affinity_days: 0,
+            affinity_wait_ms: 0,
+            affinity_callers_max: 100_000,
+        }
+    }
+}
+
+/// A caller entering a queue, with everything routing needs to know about the call.
+/// Build it with `..Default::default()` so new per-call fields do not break callers.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Arrival {
+    pub call: String,
+    pub queue: String,
+    pub caller: String,
+    pub dialled: String,
+    /// The node holding the caller leg; it acts on this call's events.
+    pub owner: NodeId,
+    /// The owner node's site: agents at this site are preferred.
+    pub site: String,
+    pub at: Millis,
+    /// Higher is served first; arrival order within a priority. Default 0.
+    pub priority: u32,
+    /// Replaces the queue's required skills for this call (`name` or `name:min_level`);
+    /// empty = the queue's. The queue's escalation steps still widen the levels.
+    pub skills: Vec<String>,
 }
 
 impl Command {
@@ -110,13 +225,21 @@ impl Command {
             | Command::AgentLogout { at, .. }
             | Command::AgentReady { at, .. }
             | Command::AgentNotReady { at, .. }
-            | Command::Enqueue { at, .. }
+            | Command::NodeLease { at, .. }
+            | Command::ConfigureCluster { at, .. }
+            | Command::ConfigureRouting { at, .. }
+            | Command::SetAgentSkills { at, .. }
+            | Command::ForceAgentState { at, .. }
+            | Command::SetVip { at, .. }
+            | Command::RequestCallback { at, .. }
+            | Command::CallbackNoAnswer { at, .. }
             | Command::Abandon { at, .. }
             | Command::Connected { at, .. }
             | Command::OfferFailed { at, .. }
             | Command::Ended { at, .. }
             | Command::Lost { at, .. }
             | Command::Tick { at } => *at,
+            Command::Enqueue(arrival) => arrival.at,
         }
     }
 }

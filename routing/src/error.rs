@@ -30,6 +30,12 @@ pub enum RoutingError {
     },
     #[error("call `{call}` is not being offered to agent `{agent}`: the offer was revoked or went to someone else; cancel that agent leg")]
     NotOfferedTo { call: String, agent: String },
+    #[error("node n{0} is marked down: it must renew its lease (NodeLease) before it proposes calls or log-ins")]
+    NodeDown(u64),
+    #[error("invalid cluster config: {0}")]
+    InvalidClusterConfig(&'static str),
+    #[error("invalid skills: {0}")]
+    InvalidSkills(String),
     #[error("limit reached: {what} is at most {max}; refuse the request or raise the limit")]
     LimitReached { what: &'static str, max: usize },
 }

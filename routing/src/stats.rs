@@ -26,6 +26,8 @@ pub struct Totals {
     pub answered: u64,
     pub abandoned: u64,
     pub lost: u64,
+    /// Left through an exit action (voicemail, refused) or an unanswered callback.
+    pub exited: u64,
 }
 
 impl Canon for Totals {
@@ -35,11 +37,13 @@ impl Canon for Totals {
             answered,
             abandoned,
             lost,
+            exited,
         } = self;
         entered.canon(h);
         answered.canon(h);
         abandoned.canon(h);
         lost.canon(h);
+        exited.canon(h);
     }
 }
 

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use carillon_media::{CallMedia, Codec, MediaLeg};
 use carillon_ops::records::Cdr;
-use carillon_routing::{CallRecord, Command, Disposition, Event, OfferFailure, Party};
+use carillon_routing::{Arrival, CallRecord, Command, Event, OfferFailure, Party};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn, Instrument};
 
@@ -124,13 +124,16 @@ impl Call {
 
     async fn run(mut self) {
         self.media.play_loop(self.shared.hold_music.clone());
-        let enqueue = Command::Enqueue {
+        let enqueue = Command::Enqueue(Arrival {
             call: self.id.clone(),
             queue: self.queue.clone(),
             caller: self.caller.clone(),
             dialled: self.dialled.clone(),
+            owner: self.shared.node_number,
+            site: self.shared.config.node.site.clone(),
             at: now_ms(),
-        };
+            ..Arrival::default()
+        });
         if let Err(e) = self.shared.routing.propose(enqueue).await {
             warn!(error = %e, "could not queue the call");
             self.caller_dialog.bye().await.ok();
@@ -166,7 +169,9 @@ impl Call {
 
     async fn on_routing_event(&mut self, ev: Event) {
         match ev {
-            Event::Offered { agent, .. } => self.ring(agent).await,
+            Event::Offered {
+                agent, agent_node, ..
+            } => self.ring(agent, agent_node).await,
             Event::OfferRevoked { agent, reason, .. } => {
                 if let Phase::Ringing {
                     agent: a, dialog, ..
@@ -182,12 +187,12 @@ impl Call {
                 }
             }
             Event::CallFinished(record) => self.record = Some(record),
-            Event::Connected { .. } | Event::AgentStateChanged { .. } => {}
+            other => debug!(event = ?other, "routing event"),
         }
     }
 
     /// Places the agent leg for an offer.
-    async fn ring(&mut self, agent: String) {
+    async fn ring(&mut self, agent: String, agent_node: u64) {
         if matches!(self.phase, Phase::Ending) {
             // The offer crossed our hang-up: the Abandon/Ended already applied revoked it.
             debug!(%agent, "offer arrived after the caller left; ignoring");
@@ -198,11 +203,13 @@ impl Call {
             self.offer_failed(&agent, OfferFailure::Rejected).await;
             return;
         }
-        let binding = self.shared.registrar().binding(&agent).cloned();
-        let Some(binding) = binding else {
-            info!(%agent, "offered agent has no registered phone");
-            self.offer_failed(&agent, OfferFailure::Unreachable).await;
-            return;
+        let target = match agent_target(&self.shared, &agent, agent_node) {
+            Ok(t) => t,
+            Err(why) => {
+                info!(%agent, agent_node, %why, "offered agent cannot be reached");
+                self.offer_failed(&agent, OfferFailure::Unreachable).await;
+                return;
+            }
         };
         let port = match self.shared.ports.allocate() {
             Ok(p) => p,
@@ -213,7 +220,14 @@ impl Call {
             }
         };
         let offer = carillon_media::sdp::offer(port.local_addr(), &[self.codec], now_ms());
-        let options = match self.invite_options(&binding, offer) {
+        let options = match agent_invite(
+            &self.shared,
+            &target.uri,
+            target.addr,
+            target.transport,
+            &self.caller,
+            offer,
+        ) {
             Ok(o) => o,
             Err(e) => {
                 warn!(%agent, error = %e, "cannot build the agent INVITE");
@@ -235,7 +249,7 @@ impl Call {
         if self.post_dial_us.is_none() {
             self.post_dial_us = Some(self.received.elapsed().as_micros() as u64);
         }
-        info!(%agent, contact = %binding.contact, "ringing agent");
+        info!(%agent, target = %target.uri, "ringing agent");
         self.phase = Phase::Ringing {
             agent: agent.clone(),
             attempt,
@@ -259,41 +273,6 @@ impl Call {
             };
             legs.send(outcome).await.ok();
         });
-    }
-
-    fn invite_options(
-        &self,
-        binding: &crate::registrar::Binding,
-        offer: String,
-    ) -> Result<InviteOption, String> {
-        let callee: rsip::Uri = binding
-            .contact
-            .as_str()
-            .try_into()
-            .map_err(|e| format!("bad contact {}: {e}", binding.contact))?;
-        let caller: rsip::Uri = self
-            .shared
-            .sip
-            .contact_uri(Some(&sanitize_user(&self.caller)))
-            .as_str()
-            .try_into()
-            .map_err(|e| format!("bad caller uri: {e}"))?;
-        let contact: rsip::Uri = self
-            .shared
-            .sip
-            .contact_uri(None)
-            .as_str()
-            .try_into()
-            .map_err(|e| format!("bad contact uri: {e}"))?;
-        Ok(InviteOption {
-            caller,
-            callee,
-            contact,
-            destination: Some(sip::sip_addr(binding.target(), binding.transport)),
-            content_type: Some("application/sdp".into()),
-            offer: Some(offer.into_bytes()),
-            ..Default::default()
-        })
     }
 
     async fn on_leg(&mut self, mut leg: LegOutcome) {
@@ -516,12 +495,7 @@ impl Call {
             answered_at_ms: rec.answered_at,
             ended_at_ms: rec.ended_at,
             wait_ms: rec.wait_ms,
-            disposition: match rec.disposition {
-                Disposition::Answered => "answered",
-                Disposition::Abandoned => "abandoned",
-                Disposition::Lost => "lost",
-            }
-            .to_string(),
+            disposition: rec.disposition.name().to_string(),
             hangup_by: match rec.hangup_by {
                 Party::Caller => "caller",
                 Party::Agent => "agent",
@@ -550,6 +524,80 @@ impl Call {
             .remove_dialog(&self.caller_dialog.id());
         self.media.stop();
     }
+}
+
+/// Where an agent leg goes: the agent's own phone when it is registered here, or the
+/// node that holds its registration (an inter-node leg; that node anchors the agent's
+/// media and rings the phone).
+pub struct AgentTarget {
+    pub uri: String,
+    pub addr: std::net::SocketAddr,
+    pub transport: crate::registrar::SipTransport,
+}
+
+fn agent_target(shared: &Shared, agent: &str, agent_node: u64) -> Result<AgentTarget, String> {
+    if let Some(cluster) = shared.routing.cluster() {
+        if agent_node != shared.node_number {
+            let member = cluster
+                .member(agent_node)
+                .ok_or_else(|| format!("n{agent_node} is not a cluster member"))?;
+            let addr: std::net::SocketAddr = member
+                .sip_addr
+                .parse()
+                .map_err(|_| format!("n{agent_node} has no usable SIP address"))?;
+            return Ok(AgentTarget {
+                uri: format!("sip:{agent}@{addr}"),
+                addr,
+                transport: crate::registrar::SipTransport::Udp,
+            });
+        }
+    }
+    let binding = shared
+        .registrar()
+        .binding(agent)
+        .cloned()
+        .ok_or_else(|| "no registered phone".to_string())?;
+    Ok(AgentTarget {
+        uri: binding.contact.clone(),
+        addr: binding.target(),
+        transport: binding.transport,
+    })
+}
+
+/// An INVITE from this node to `callee` (a phone's Contact or a peer node), showing the
+/// caller's number.
+pub fn agent_invite(
+    shared: &Shared,
+    callee: &str,
+    addr: std::net::SocketAddr,
+    transport: crate::registrar::SipTransport,
+    caller_user: &str,
+    offer: String,
+) -> Result<InviteOption, String> {
+    let callee: rsip::Uri = callee
+        .try_into()
+        .map_err(|e| format!("bad target {callee}: {e}"))?;
+    let caller: rsip::Uri = shared
+        .sip
+        .contact_uri(Some(&sanitize_user(caller_user)))
+        .as_str()
+        .try_into()
+        .map_err(|e| format!("bad caller uri: {e}"))?;
+    let contact: rsip::Uri = shared
+        .sip
+        .contact_uri(None)
+        .as_str()
+        .try_into()
+        .map_err(|e| format!("bad contact uri: {e}"))?;
+    Ok(InviteOption {
+        caller,
+        callee,
+        contact,
+        destination: Some(sip::sip_addr(addr, transport)),
+        content_type: Some("application/sdp".into()),
+        offer: Some(offer.into_bytes()),
+        ..Default::default()
+    })
 }
 
 async fn recv_opt(rx: &mut Option<DialogStateReceiver>) -> Option<DialogState> {

@@ -8,6 +8,7 @@
 // simulated clock to inject here.
 #![allow(clippy::disallowed_methods)]
 
+mod cluster;
 mod http;
 mod node;
 mod ports;
@@ -17,6 +18,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use cluster::TestCluster;
 pub use node::{workspace_dir, Node, NodeSpec};
 pub use ports::free_port;
 pub use sipp::{Sipp, SippOutcome, SippProcess};

@@ -7,6 +7,7 @@ mod harness;
 mod abandon;
 mod agent_hangup;
 mod calls_bulk;
+mod cluster;
 mod example_single_node;
 mod malformed;
 mod overload;

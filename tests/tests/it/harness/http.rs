@@ -11,6 +11,20 @@ const RESPONSE_BYTES_MAX: u64 = 64 * 1024 * 1024;
 /// `GET path` with `Connection: close`; returns (status, body). Errors are strings for
 /// assertion messages.
 pub fn get(addr: SocketAddr, path: &str, timeout: Duration) -> Result<(u16, String), String> {
+    request(addr, "GET", path, timeout)
+}
+
+/// `POST path` with an empty body; returns (status, body).
+pub fn post(addr: SocketAddr, path: &str, timeout: Duration) -> Result<(u16, String), String> {
+    request(addr, "POST", path, timeout)
+}
+
+fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    timeout: Duration,
+) -> Result<(u16, String), String> {
     let mut stream = TcpStream::connect_timeout(&addr, timeout).map_err(|e| e.to_string())?;
     stream
         .set_read_timeout(Some(timeout))
@@ -20,7 +34,7 @@ pub fn get(addr: SocketAddr, path: &str, timeout: Duration) -> Result<(u16, Stri
         .map_err(|e| e.to_string())?;
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: */*\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: */*\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
     )
     .map_err(|e| e.to_string())?;
     let mut raw = Vec::new();

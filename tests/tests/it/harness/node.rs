@@ -78,6 +78,13 @@ impl NodeSpec {
     /// blacklisted caller 666, one trunk allowing 127.0.0.0/8.
     pub fn for_test() -> NodeSpec {
         let mut spec = NodeSpec::from_example("single-node.toml");
+        spec.with_test_cast();
+        spec
+    }
+
+    /// Puts in the known cast of [`NodeSpec::for_test`].
+    pub fn with_test_cast(&mut self) -> &mut Self {
+        let spec = self;
         let t = &mut spec.table;
         t.insert(
             "agents".into(),
@@ -110,6 +117,7 @@ impl NodeSpec {
         spec.trunk_allow(&["127.0.0.0/8"]);
         spec
     }
+
 
     /// Sets `key` in table `section` (created if missing), e.g. ("node", "max_concurrent_calls").
     pub fn set(&mut self, section: &str, key: &str, value: impl Into<Toml>) -> &mut Self {
@@ -164,10 +172,16 @@ impl Node {
     /// Starts a node from `spec` with this test's own ports and data dir, and waits for
     /// /health.
     pub fn start(mut spec: NodeSpec) -> Node {
+        replace_listen_addrs(&mut spec.table);
+        Node::start_as_given(spec)
+    }
+
+    /// Like [`Node::start`], but keeps the listen addresses the spec already holds (a
+    /// cluster's members must know each other's addresses before they start).
+    pub fn start_as_given(mut spec: NodeSpec) -> Node {
         let ports = PortBlock::reserve();
         let dir = test_dir();
         let t = &mut spec.table;
-        replace_listen_addrs(t);
         let (rtp_min, rtp_max) = ports.rtp_range();
         let data = dir.path().join("data");
         set_in(t, "node", "data_dir", data.display().to_string().into());
@@ -261,6 +275,14 @@ impl Node {
         self.ports.sipp_media_port()
     }
 
+    /// SIGKILLs the node (no clean shutdown) and waits for it to die.
+    pub fn kill(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
     }
@@ -272,6 +294,15 @@ impl Node {
                 .unwrap_or_else(|e| panic!("GET {path}: body is not JSON ({e}): {body:.300}")),
             Ok((status, body)) => panic!("GET {path}: HTTP {status}: {body:.300}"),
             Err(e) => panic!("GET {path}: {e}; node log:\n{}", self.log_tail()),
+        }
+    }
+
+    /// POST `path` (empty body); panics unless the node answers 200.
+    pub fn post(&self, path: &str) -> String {
+        match http::post(self.http, path, Duration::from_millis(HTTP_TIMEOUT_MS)) {
+            Ok((200, body)) => body,
+            Ok((status, body)) => panic!("POST {path}: HTTP {status}: {body:.300}"),
+            Err(e) => panic!("POST {path}: {e}; node log:\n{}", self.log_tail()),
         }
     }
 

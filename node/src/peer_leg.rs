@@ -1,0 +1,255 @@
+//! The far end of an inter-node call leg: another cluster member owns a call and the
+//! agent it was offered is registered here. This node rings the agent's phone, answers
+//! the owner only when the phone answers (so ringing, refusals and timeouts pass through
+//! as SIP), and anchors the agent side's media, so the agent's audio stays on its own
+//! site's network.
+//!
+//! The owner node stays in charge of routing: it proposes `Connected`, `OfferFailed` and
+//! `Ended` from what this leg tells it in SIP, exactly as for a phone of its own.
+
+use std::sync::Arc;
+
+use carillon_media::{sdp, CallMedia, Codec, MediaLeg};
+use rsipstack::transaction::transaction::Transaction;
+use tracing::{debug, info, warn, Instrument};
+
+use crate::call::agent_invite;
+use crate::clock::now_ms;
+use crate::node::Shared;
+use crate::sip::{self, rsip, DialogState, DialogStateReceiver, InviteDialog, TerminatedReason};
+use rsip::prelude::HeadersExt;
+use rsip::{Header, StatusCode};
+
+/// Handles an INVITE from cluster member `peer` for an agent registered here.
+pub async fn run(shared: Arc<Shared>, mut tx: Transaction, peer: u64) {
+    let agent = sip::request_user(&tx.original).unwrap_or_default();
+    let caller = sip::from_user(&tx.original).unwrap_or_default();
+    let sip_call_id = tx
+        .original
+        .call_id_header()
+        .map(|c| c.value().to_string())
+        .unwrap_or_default();
+    let span = tracing::info_span!("peer_leg", call_id = %sip_call_id, %agent, peer);
+    async move {
+        let Some(binding) = shared.registrar().binding(&agent).cloned() else {
+            info!("no phone registered here for the agent");
+            sip::reply(&mut tx, StatusCode::TemporarilyUnavailable, vec![]).await;
+            return;
+        };
+        let offer_text = String::from_utf8_lossy(&tx.original.body).to_string();
+        let Ok(offer) = sdp::parse(&offer_text) else {
+            sip::reply(&mut tx, StatusCode::NotAcceptableHere, vec![]).await;
+            return;
+        };
+        let (owner_port, phone_port) = match (shared.ports.allocate(), shared.ports.allocate()) {
+            (Ok(a), Ok(b)) => (a, b),
+            _ => {
+                warn!("no RTP ports for an inter-node leg");
+                sip::reply(&mut tx, StatusCode::ServiceUnavailable, vec![]).await;
+                return;
+            }
+        };
+        let Ok((answer_sdp, codec)) =
+            sdp::answer(&offer, owner_port.local_addr(), &[Codec::Pcmu, Codec::Pcma])
+        else {
+            sip::reply(&mut tx, StatusCode::NotAcceptableHere, vec![]).await;
+            return;
+        };
+        let owner_media = offer.audio_addr();
+        let Ok(contact) = rsip::Uri::try_from(shared.sip.contact_uri(None).as_str()) else {
+            sip::reply(&mut tx, StatusCode::ServerInternalError, vec![]).await;
+            return;
+        };
+        let (state_tx, owner_states) = shared.sip.dialogs.new_dialog_state_channel();
+        let mut server =
+            match shared
+                .sip
+                .dialogs
+                .get_or_create_server_invite(&tx, state_tx, None, Some(contact))
+            {
+                Ok(d) => d,
+                Err(e) => {
+                    warn!(error = %e, "cannot create the inter-node dialog");
+                    sip::reply(&mut tx, StatusCode::ServerInternalError, vec![]).await;
+                    return;
+                }
+            };
+        let owner_dialog: InviteDialog = server.clone();
+        let offer_to_phone = sdp::offer(phone_port.local_addr(), &[codec], now_ms());
+        let options = match agent_invite(
+            &shared,
+            &binding.contact,
+            binding.target(),
+            binding.transport,
+            &caller,
+            offer_to_phone,
+        ) {
+            Ok(o) => o,
+            Err(e) => {
+                warn!(error = %e, "cannot build the agent INVITE");
+                owner_dialog
+                    .reject(Some(StatusCode::TemporarilyUnavailable), None)
+                    .ok();
+                return;
+            }
+        };
+        let leg = Leg {
+            shared: shared.clone(),
+            owner: owner_dialog,
+            owner_states,
+            answer_sdp,
+            codec,
+            owner_media,
+            owner_port: Some(owner_port),
+            phone_port: Some(phone_port),
+        };
+        tokio::spawn(leg.run(options).in_current_span());
+        // The owner's INVITE transaction (CANCEL, ACK, retransmissions) runs here.
+        if let Err(e) = server.handle(&mut tx).await {
+            debug!(error = %e, "inter-node INVITE transaction ended with an error");
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+struct Leg {
+    shared: Arc<Shared>,
+    owner: InviteDialog,
+    owner_states: DialogStateReceiver,
+    answer_sdp: String,
+    codec: Codec,
+    owner_media: Option<std::net::SocketAddr>,
+    owner_port: Option<carillon_media::RtpPort>,
+    phone_port: Option<carillon_media::RtpPort>,
+}
+
+impl Leg {
+    async fn run(mut self, options: crate::sip::InviteOption) {
+        let dialogs = self.shared.sip.dialogs.clone();
+        let (phone_tx, mut phone_states) = dialogs.new_dialog_state_channel();
+        let (phone, join) = match dialogs.do_invite_async(options, phone_tx) {
+            Ok(x) => x,
+            Err(e) => {
+                warn!(error = %e, "agent INVITE failed to start");
+                self.owner
+                    .reject(Some(StatusCode::TemporarilyUnavailable), None)
+                    .ok();
+                return;
+            }
+        };
+        self.owner.ringing(None, None).ok();
+        let mut join = std::pin::pin!(join);
+        // Ringing: the phone's answer, or the owner giving up (CANCEL).
+        let response = loop {
+            tokio::select! {
+                r = &mut join => break r,
+                st = self.owner_states.recv() => match st {
+                    Some(DialogState::Terminated(_, reason)) => {
+                        info!(?reason, "owner withdrew the offer; cancelling the phone");
+                        phone.cancel().await.ok();
+                        dialogs.remove_dialog(&phone.id());
+                        return;
+                    }
+                    Some(_) => {}
+                    None => {
+                        phone.cancel().await.ok();
+                        return;
+                    }
+                }
+            }
+        };
+        let response = match response {
+            Ok(Ok((_, Some(resp)))) => resp,
+            other => {
+                let why = match other {
+                    Ok(Err(e)) => e.to_string(),
+                    Err(e) => e.to_string(),
+                    _ => "no final response".into(),
+                };
+                info!(%why, "agent phone leg failed");
+                self.owner
+                    .reject(Some(StatusCode::TemporarilyUnavailable), None)
+                    .ok();
+                return;
+            }
+        };
+        if response.status_code.kind() != rsip::StatusCodeKind::Successful {
+            info!(status = %response.status_code, "agent phone did not take the call");
+            self.owner.reject(Some(response.status_code.clone()), None).ok();
+            return;
+        }
+        let body = String::from_utf8_lossy(&response.body).to_string();
+        let remote = sdp::parse(&body)
+            .map_err(|e| e.to_string())
+            .and_then(|sd| sdp::remote_audio(&sd).map_err(|e| e.to_string()));
+        let (phone_addr, phone_codec) = match remote {
+            Ok(x) => x,
+            Err(e) => {
+                warn!(error = %e, "agent phone answered with unusable SDP");
+                phone.bye().await.ok();
+                dialogs.remove_dialog(&phone.id());
+                self.owner.reject(Some(StatusCode::NotAcceptableHere), None).ok();
+                return;
+            }
+        };
+        let (Some(owner_port), Some(phone_port)) = (self.owner_port.take(), self.phone_port.take())
+        else {
+            return;
+        };
+        let mut media = CallMedia::start(MediaLeg::new(owner_port, self.codec, self.owner_media));
+        media.bridge(MediaLeg::new(phone_port, phone_codec, Some(phone_addr)));
+        let ct = Header::ContentType("application/sdp".into());
+        if let Err(e) = self
+            .owner
+            .accept(Some(vec![ct]), Some(self.answer_sdp.clone().into_bytes()))
+        {
+            warn!(error = %e, "could not answer the owner node");
+            phone.bye().await.ok();
+            dialogs.remove_dialog(&phone.id());
+            media.stop();
+            return;
+        }
+        info!("agent answered; inter-node leg bridged");
+        // Connected: whichever side hangs up first, hang up the other.
+        loop {
+            tokio::select! {
+                st = self.owner_states.recv() => match st {
+                    Some(DialogState::Terminated(..)) | None => {
+                        debug!("owner ended the leg");
+                        phone.bye().await.ok();
+                        break;
+                    }
+                    Some(DialogState::Updated(_, _, handle)) => {
+                        let ct = Header::ContentType("application/sdp".into());
+                        handle
+                            .respond(StatusCode::OK, Some(vec![ct]), Some(self.answer_sdp.clone().into_bytes()))
+                            .await
+                            .ok();
+                    }
+                    Some(_) => {}
+                },
+                st = phone_states.recv() => match st {
+                    Some(DialogState::Terminated(_, reason)) => {
+                        if matches!(reason, TerminatedReason::UacBye | TerminatedReason::UasBye | TerminatedReason::Timeout) {
+                            debug!("agent hung up");
+                            self.owner.bye().await.ok();
+                            break;
+                        }
+                    }
+                    Some(DialogState::Updated(_, _, handle)) => {
+                        handle.respond(StatusCode::OK, None, None).await.ok();
+                    }
+                    Some(_) => {}
+                    None => {
+                        self.owner.bye().await.ok();
+                        break;
+                    }
+                }
+            }
+        }
+        dialogs.remove_dialog(&phone.id());
+        dialogs.remove_dialog(&self.owner.id());
+        media.stop();
+    }
+}
