@@ -15,8 +15,8 @@ use std::ops::{Bound, RangeBounds};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use openraft::type_config::alias::{LogIdOf, VoteOf};
 use openraft::storage::{IOFlushed, RaftLogStorage};
+use openraft::type_config::alias::{LogIdOf, VoteOf};
 use openraft::{LogState, OptionalSend, RaftLogReader};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::de::DeserializeOwned;
@@ -41,7 +41,7 @@ type Vote = VoteOf<TypeConfig>;
 /// What can go wrong in the consensus crate's storage (log store and state machine).
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("cannot open the store at {path}: {source} (is another carillon process using this data directory?)")]
+    #[error("cannot open the store at {path}: {source} (check the directory's permissions and that no other carillon process uses it)")]
     Open {
         path: PathBuf,
         #[source]
@@ -95,7 +95,10 @@ pub(crate) fn encode<T: Serialize>(what: &'static str, value: &T) -> Result<Vec<
     postcard::to_allocvec(value).map_err(|source| StoreError::Encode { what, source })
 }
 
-pub(crate) fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T, StoreError> {
+pub(crate) fn decode<T: DeserializeOwned>(
+    what: &'static str,
+    bytes: &[u8],
+) -> Result<T, StoreError> {
     postcard::from_bytes(bytes).map_err(|source| StoreError::Decode { what, source })
 }
 
@@ -269,7 +272,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         Ok(committed.flatten())
     }
 
-    async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> Result<(), io::Error>
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: IOFlushed<TypeConfig>,
+    ) -> Result<(), io::Error>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,

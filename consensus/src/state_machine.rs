@@ -13,8 +13,16 @@
 //! when a leader sends one; `get_current_snapshot` to send ours.
 //!
 //! The node reads the state through an [`AcdReader`] and hears every applied routing entry
-//! on the optional events channel ([`AppliedEntry`]). After a snapshot install the channel
-//! skips the entries the snapshot covers: the node resynchronises from the reader.
+//! on the optional events channel ([`AppliedEntry`]). What the node must know about it:
+//! - the proposer's `client_write` is answered before the entry goes on the channel, so the
+//!   channel's consumer must not itself wait on `client_write` (the bounded channel would
+//!   stall applying);
+//! - after a restart, the committed entries after the stored snapshot are applied (and sent)
+//!   again: the same indices arrive a second time;
+//! - after a snapshot install the channel skips the entries the snapshot covers: the node
+//!   resynchronises from the reader;
+//! - readers and clones share the store: the file is closed (and the channel's sender
+//!   dropped) only when the last of them is.
 
 use std::io::{self, Cursor};
 use std::path::{Path, PathBuf};
@@ -22,8 +30,8 @@ use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard};
 
 use carillon_routing::Acd;
 use futures_util::StreamExt;
-use openraft::type_config::alias::{LogIdOf, SnapshotMetaOf, SnapshotOf, StoredMembershipOf};
 use openraft::storage::{EntryResponder, RaftStateMachine};
+use openraft::type_config::alias::{LogIdOf, SnapshotMetaOf, SnapshotOf, StoredMembershipOf};
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, StoredMembership};
 use redb::{Database, ReadableDatabase, TableDefinition};
 use serde::{Deserialize, Serialize};
@@ -97,12 +105,11 @@ impl SnapshotBody {
     fn decode(bytes: &[u8]) -> Result<SnapshotBody, StoreError> {
         // The format number leads the encoding, so a body of another format is named as
         // such instead of failing somewhere in the middle.
-        let (format, _) = postcard::take_from_bytes::<u32>(bytes).map_err(|source| {
-            StoreError::Decode {
+        let (format, _) =
+            postcard::take_from_bytes::<u32>(bytes).map_err(|source| StoreError::Decode {
                 what: "snapshot",
                 source,
-            }
-        })?;
+            })?;
         if format != SNAPSHOT_FORMAT {
             return Err(StoreError::SnapshotFormat {
                 found: format,
@@ -350,8 +357,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     ) -> Result<(), io::Error> {
         let bytes = snapshot.into_inner();
         let body = SnapshotBody::decode(&bytes)?;
-        if body.last_applied != meta.last_log_id || body.last_membership != meta.last_membership
-        {
+        if body.last_applied != meta.last_log_id || body.last_membership != meta.last_membership {
             return Err(StoreError::SnapshotMetaMismatch.into());
         }
         let bytes = Arc::new(bytes);

@@ -1,32 +1,33 @@
 //! The redb log store and the ACD state machine: openraft's storage suite, replica
 //! determinism, snapshots, and reopening from disk.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io;
+use std::time::Duration;
 
-use carillon_consensus::log_store::LogStore;
-use carillon_consensus::state_machine::{AppliedEntry, StateMachineStore};
-use carillon_consensus::types::{Proposal, TypeConfig};
+use carillon_consensus::config::raft_config;
+
+use carillon_consensus::log_store::{LogStore, StoreError};
+use carillon_consensus::state_machine::{AcdReader, AppliedEntry, SnapshotData, StateMachineStore};
+use carillon_consensus::types::{Member, Proposal, Raft, TypeConfig};
 use carillon_routing::{Arrival, Command, OfferFailure, Party, QueueConfig};
-use openraft::type_config::alias::EntryOf;
 use openraft::entry::RaftEntry;
+use openraft::error::{RPCError, ReplicationClosed, StreamingError, Unreachable};
+use openraft::network::RPCOption;
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+};
 use openraft::storage::{IOFlushed, RaftLogStorage, RaftStateMachine};
 use openraft::testing::log::{StoreBuilder, Suite};
-use openraft::type_config::TypeConfigExt;
 use openraft::testing::{blank_ent, log_id, membership_ent};
-use openraft::{
-    ErrorSubject, ErrorVerb, RaftLogReader, RaftSnapshotBuilder, StorageError, Vote,
-};
+use openraft::type_config::alias::EntryOf;
+use openraft::type_config::TypeConfigExt;
+use openraft::{ErrorSubject, ErrorVerb, RaftLogReader, RaftSnapshotBuilder, StorageError, Vote};
+use openraft::{RaftNetworkFactory, RaftNetworkV2};
 use tempfile::TempDir;
+use tokio::sync::mpsc;
 
 type Entry = EntryOf<TypeConfig>;
-
-fn open_pair(dir: &TempDir) -> (LogStore, StateMachineStore) {
-    let log = LogStore::open(&dir.path().join("log.redb")).expect("a fresh temp dir opens");
-    let sm = StateMachineStore::open(&dir.path().join("sm.redb"), None)
-        .expect("a fresh temp dir opens");
-    (log, sm)
-}
 
 struct TempBuilder;
 
@@ -34,7 +35,8 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, TempDir> for TempBuil
     async fn build(
         &self,
     ) -> Result<(TempDir, LogStore, StateMachineStore), StorageError<TypeConfig>> {
-        let to_storage = |e: io::Error| StorageError::from_io_error(ErrorSubject::Store, ErrorVerb::Write, e);
+        let to_storage =
+            |e: io::Error| StorageError::from_io_error(ErrorSubject::Store, ErrorVerb::Write, e);
         let dir = tempfile::tempdir().map_err(to_storage)?;
         let log = LogStore::open(&dir.path().join("log.redb")).map_err(|e| to_storage(e.into()))?;
         let sm = StateMachineStore::open(&dir.path().join("sm.redb"), None)
@@ -45,7 +47,9 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, TempDir> for TempBuil
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openraft_storage_suite_passes() {
-    Suite::test_all(TempBuilder).await.expect("openraft storage suite");
+    Suite::test_all(TempBuilder)
+        .await
+        .expect("openraft storage suite");
 }
 
 /// A few dozen routing commands touching most of the ACD: queues, logins, calls offered,
@@ -161,13 +165,17 @@ fn routing_entries(first_index: u64) -> Vec<Entry> {
     routing_commands()
         .into_iter()
         .zip(first_index..)
-        .map(|(cmd, index)| Entry::new_normal(log_id::<TypeConfig>(1, 1, index), Proposal::Routing(cmd)))
+        .map(|(cmd, index)| {
+            Entry::new_normal(log_id::<TypeConfig>(1, 1, index), Proposal::Routing(cmd))
+        })
         .collect()
 }
 
 async fn apply(sm: &mut StateMachineStore, entries: Vec<Entry>) {
     let stream = futures_util::stream::iter(entries.into_iter().map(|e| Ok((e, None))));
-    sm.apply(stream).await.expect("apply never fails on routing input");
+    sm.apply(stream)
+        .await
+        .expect("apply never fails on routing input");
 }
 
 fn membership_entry(index: u64) -> Entry {
@@ -206,21 +214,33 @@ async fn replicas_applying_the_same_entries_reach_the_same_state_hash() {
     assert_eq!(ra.state_hash(), rb.state_hash());
     assert_eq!(ra.last_applied_index(), Some(2 + count as u64));
     assert_eq!(rb.last_applied_index(), ra.last_applied_index());
-    assert_ne!(ra.state_hash(), StateMachineStore::open(&dir_b.path().join("fresh.redb"), None)
-        .expect("open")
-        .reader()
-        .state_hash(), "the commands changed the state");
-    ra.with_acd(|acd| acd.check_invariants()).expect("ACD invariants hold");
+    assert_ne!(
+        ra.state_hash(),
+        StateMachineStore::open(&dir_b.path().join("fresh.redb"), None)
+            .expect("open")
+            .reader()
+            .state_hash(),
+        "the commands changed the state"
+    );
+    ra.with_acd(|acd| acd.check_invariants())
+        .expect("ACD invariants hold");
+    assert_eq!(ra.last_membership().log_id().map(|id| id.index), Some(2));
 
-    drop(a); // closes the events channel once the collector drained it
+    // The readers share the store: the events channel closes when all are gone.
+    drop((a, ra));
     let seen = collector.await.expect("collector task");
     assert_eq!(seen.len(), count, "one applied entry per routing command");
     assert_eq!(seen[0].index, 3);
     let refused = seen.iter().filter(|e| e.applied.refused.is_some()).count();
     let with_events = seen.iter().filter(|e| !e.applied.events.is_empty()).count();
-    assert!(refused >= 2, "the duplicate and the unknown-queue enqueues are refused");
-    assert!(with_events > count / 2, "most commands produce events ({with_events}/{count})");
-    assert_eq!(ra.last_membership().log_id().map(|id| id.index), Some(2));
+    assert!(
+        refused >= 2,
+        "the duplicate and the unknown-queue enqueues are refused"
+    );
+    assert!(
+        with_events > count / 2,
+        "most commands produce events ({with_events}/{count})"
+    );
 }
 
 #[tokio::test]
@@ -234,17 +254,30 @@ async fn snapshot_round_trip_and_reopen_restore_the_state() {
     let (first, rest) = entries.split_at(20);
     apply(&mut a, first.to_vec()).await;
 
-    let mut builder = a.get_snapshot_builder().await;
-    let snap = builder.build_snapshot().await.expect("build snapshot");
+    let snap = a
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .expect("build snapshot");
     let hash_at_snapshot = a.reader().state_hash();
     assert_eq!(snap.meta.last_log_id.map(|id| id.index), Some(21));
 
     // Install on a fresh replica: same state.
     let mut b = StateMachineStore::open(&dir_b.path().join("sm.redb"), None).expect("open");
-    b.install_snapshot(&snap.meta, snap.snapshot).await.expect("install");
+    b.install_snapshot(&snap.meta, snap.snapshot)
+        .await
+        .expect("install");
     assert_eq!(b.reader().state_hash(), hash_at_snapshot);
-    assert_eq!(b.applied_state().await.expect("applied").0, snap.meta.last_log_id);
-    let current = b.get_current_snapshot().await.expect("read").expect("a snapshot");
+    assert_eq!(
+        b.applied_state().await.expect("applied").0,
+        snap.meta.last_log_id
+    );
+    let current = b
+        .get_current_snapshot()
+        .await
+        .expect("read")
+        .expect("a snapshot");
     assert_eq!(current.meta, snap.meta);
 
     // Both continue with the same tail and stay equal.
@@ -276,7 +309,12 @@ async fn snapshot_bytes_that_do_not_decode_are_refused() {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut sm = StateMachineStore::open(&dir.path().join("sm.redb"), None).expect("open");
     apply(&mut sm, vec![membership_entry(1)]).await;
-    let snap = sm.get_snapshot_builder().await.build_snapshot().await.expect("build");
+    let snap = sm
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .expect("build");
     let mut bytes = snap.snapshot.into_inner();
     bytes.truncate(bytes.len() / 2);
     let err = sm
@@ -295,7 +333,9 @@ async fn snapshot_bytes_that_do_not_decode_are_refused() {
 
 async fn append(log: &mut LogStore, entries: Vec<Entry>) {
     let (tx, rx) = <TypeConfig as TypeConfigExt>::oneshot();
-    log.append(entries, IOFlushed::signal(tx)).await.expect("append");
+    log.append(entries, IOFlushed::signal(tx))
+        .await
+        .expect("append");
     rx.await.expect("callback fired").expect("flushed");
 }
 
@@ -308,8 +348,12 @@ async fn log_store_keeps_entries_vote_and_committed_across_reopen_and_purges() {
         let mut entries = vec![blank_ent::<TypeConfig>(1, 1, 1), membership_entry(2)];
         entries.extend(routing_entries(3));
         append(&mut log, entries).await;
-        log.save_vote(&Vote::new_committed(1, 1)).await.expect("vote");
-        log.save_committed(Some(log_id::<TypeConfig>(1, 1, 30))).await.expect("committed");
+        log.save_vote(&Vote::new_committed(1, 1))
+            .await
+            .expect("vote");
+        log.save_committed(Some(log_id::<TypeConfig>(1, 1, 30)))
+            .await
+            .expect("committed");
     }
     let count = 2 + routing_commands().len() as u64;
 
@@ -317,7 +361,10 @@ async fn log_store_keeps_entries_vote_and_committed_across_reopen_and_purges() {
     let state = log.get_log_state().await.expect("state");
     assert_eq!(state.last_log_id.map(|id| id.index), Some(count));
     assert_eq!(state.last_purged_log_id, None);
-    assert_eq!(log.read_vote().await.expect("vote"), Some(Vote::new_committed(1, 1)));
+    assert_eq!(
+        log.read_vote().await.expect("vote"),
+        Some(Vote::new_committed(1, 1))
+    );
     assert_eq!(
         log.read_committed().await.expect("committed"),
         Some(log_id::<TypeConfig>(1, 1, 30))
@@ -326,25 +373,38 @@ async fn log_store_keeps_entries_vote_and_committed_across_reopen_and_purges() {
     assert_eq!(all.len() as u64, count);
     assert_eq!(all[2].payload, routing_entries(3)[0].payload);
 
-    log.purge(log_id::<TypeConfig>(1, 1, 10)).await.expect("purge");
+    log.purge(log_id::<TypeConfig>(1, 1, 10))
+        .await
+        .expect("purge");
     let state = log.get_log_state().await.expect("state");
     assert_eq!(state.last_purged_log_id.map(|id| id.index), Some(10));
     let left = log.try_get_log_entries(0..=count).await.expect("read");
     assert_eq!(left.first().map(|e| e.index()), Some(11));
 
-    log.truncate_after(Some(log_id::<TypeConfig>(1, 1, 20))).await.expect("truncate");
+    log.truncate_after(Some(log_id::<TypeConfig>(1, 1, 20)))
+        .await
+        .expect("truncate");
     drop(log);
     let mut log = LogStore::open(&path).expect("reopen");
     let state = log.get_log_state().await.expect("state");
     assert_eq!(state.last_purged_log_id.map(|id| id.index), Some(10));
     assert_eq!(state.last_log_id.map(|id| id.index), Some(20));
-    assert_eq!(log.try_get_log_entries(11..21).await.expect("read").len(), 10);
+    assert_eq!(
+        log.try_get_log_entries(11..21).await.expect("read").len(),
+        10
+    );
 
     // Purging everything leaves the purge mark as the last log id.
-    log.purge(log_id::<TypeConfig>(1, 1, 20)).await.expect("purge all");
+    log.purge(log_id::<TypeConfig>(1, 1, 20))
+        .await
+        .expect("purge all");
     let state = log.get_log_state().await.expect("state");
     assert_eq!(state.last_log_id.map(|id| id.index), Some(20));
-    assert!(log.try_get_log_entries(0..100).await.expect("read").is_empty());
+    assert!(log
+        .try_get_log_entries(0..100)
+        .await
+        .expect("read")
+        .is_empty());
 }
 
 #[tokio::test]
@@ -354,4 +414,146 @@ async fn a_store_already_open_is_refused_with_a_clear_error() {
     let _log = LogStore::open(&path).expect("open");
     let err = LogStore::open(&path).expect_err("second open of the same file");
     assert!(err.to_string().contains("log.redb"), "{err}");
+}
+
+/// A network for a one-node cluster: there is never a peer to reach.
+struct NoPeers;
+
+#[derive(Debug, thiserror::Error)]
+#[error("a one-node test cluster has no peers")]
+struct NoPeer;
+
+impl RaftNetworkFactory<TypeConfig> for NoPeers {
+    type Network = NoPeers;
+
+    async fn new_client(&mut self, _target: u64, _node: &Member) -> NoPeers {
+        NoPeers
+    }
+}
+
+impl RaftNetworkV2<TypeConfig> for NoPeers {
+    type SnapshotData = SnapshotData;
+
+    async fn append_entries(
+        &mut self,
+        _rpc: AppendEntriesRequest<TypeConfig>,
+        _option: RPCOption,
+    ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
+        Err(RPCError::Unreachable(Unreachable::new(&NoPeer)))
+    }
+
+    async fn vote(
+        &mut self,
+        _rpc: VoteRequest<TypeConfig>,
+        _option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        Err(RPCError::Unreachable(Unreachable::new(&NoPeer)))
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        _vote: openraft::type_config::alias::VoteOf<TypeConfig>,
+        _snapshot: openraft::type_config::alias::SnapshotOf<TypeConfig, SnapshotData>,
+        _cancel: impl std::future::Future<Output = ReplicationClosed> + Send + 'static,
+        _option: RPCOption,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        Err(StreamingError::Unreachable(Unreachable::new(&NoPeer)))
+    }
+}
+
+/// Opens a store, waiting for a previous instance to let go of the file: a disk write
+/// that a shutdown cancelled still finishes on its blocking thread, holding the file a
+/// moment longer.
+async fn open_released<T>(mut open: impl FnMut() -> Result<T, StoreError>) -> T {
+    for _ in 0..100 {
+        match open() {
+            Err(StoreError::Open { .. }) => tokio::time::sleep(Duration::from_millis(50)).await,
+            other => return other.expect("the store opens"),
+        }
+    }
+    open().expect("the previous instance released the file within 5 s")
+}
+
+async fn start_node(
+    dir: &TempDir,
+    events: Option<mpsc::Sender<AppliedEntry>>,
+) -> (Raft, AcdReader) {
+    let log = open_released(|| LogStore::open(&dir.path().join("log.redb"))).await;
+    let sm = open_released(|| StateMachineStore::open(&dir.path().join("sm.redb"), events.clone()))
+        .await;
+    let reader = sm.reader();
+    let config = raft_config(150, 300, 50, 1_000).expect("valid test timings");
+    let raft = Raft::new(1, config, NoPeers, log, sm)
+        .await
+        .expect("raft starts");
+    (raft, reader)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_node_raft_applies_and_recovers_its_state_after_restart() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let wait = Some(Duration::from_secs(10));
+    let (tx, mut rx) = mpsc::channel::<AppliedEntry>(64);
+    let (raft, reader) = start_node(&dir, Some(tx)).await;
+    raft.initialize(BTreeMap::from([(1, Member::default())]))
+        .await
+        .expect("initialize");
+    raft.wait(wait)
+        .current_leader(1, "leader")
+        .await
+        .expect("elected");
+
+    let commands = routing_commands();
+    let (first, rest) = commands.split_at(20);
+    let mut refused = 0;
+    let mut applied = None;
+    for cmd in first {
+        let resp = raft
+            .client_write(Proposal::Routing(cmd.clone()))
+            .await
+            .expect("write");
+        refused += usize::from(resp.data.refused.is_some());
+        applied = Some(resp.log_id);
+    }
+    let applied = applied.expect("entries were written");
+    raft.trigger().snapshot().await.expect("trigger snapshot");
+    raft.wait(wait)
+        .snapshot(applied, "snapshot built")
+        .await
+        .expect("snapshot");
+    let mut last = applied;
+    for cmd in rest {
+        let resp = raft
+            .client_write(Proposal::Routing(cmd.clone()))
+            .await
+            .expect("write");
+        refused += usize::from(resp.data.refused.is_some());
+        last = resp.log_id;
+    }
+    let hash = reader.state_hash();
+    assert_eq!(reader.last_applied_index(), Some(last.index));
+    // The proposer is answered before the entry goes on the channel: the last one may
+    // still be on its way.
+    for heard in 0..commands.len() {
+        let entry = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .unwrap_or_else(|_| panic!("only {heard} routing entries reached the channel"))
+            .expect("the store holds the sender");
+        assert!(entry.index <= last.index);
+    }
+    assert!(
+        refused >= 1,
+        "refusals come back in the response, not as errors"
+    );
+    raft.shutdown().await.expect("shutdown");
+    drop((raft, reader));
+    // Restart from the same files: the snapshot is restored and the committed log after it
+    // replayed, so the state is where it was.
+    let (raft, reader) = start_node(&dir, None).await;
+    raft.wait(wait)
+        .applied_index_at_least(Some(last.index), "replayed")
+        .await
+        .expect("replay after restart");
+    assert_eq!(reader.state_hash(), hash);
+    raft.shutdown().await.expect("shutdown");
 }

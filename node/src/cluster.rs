@@ -33,6 +33,18 @@ const PROPOSE_RETRY_MS: u64 = 50;
 const APPLIED_BACKLOG_MAX: usize = 4_096;
 /// How long `status` waits for each peer's own figures.
 const PEER_STATUS_TIMEOUT_MS: u64 = 1_000;
+/// Dial and call deadline for forwarded proposals and status calls.
+const PEER_CALL_TIMEOUT_MS: u64 = 1_000;
+
+/// Raft's figures on this node at one moment (see [`Cluster::raft_figures`]).
+#[derive(Clone, Debug)]
+pub struct RaftFigures {
+    pub term: u64,
+    pub leader: Option<NodeId>,
+    pub last_log_index: Option<u64>,
+    pub last_applied: Option<u64>,
+    pub voters: usize,
+}
 
 #[derive(Clone)]
 pub struct Cluster {
@@ -59,6 +71,10 @@ pub struct MemberStatus {
     /// Entries this member is behind the leader's last log index, when known.
     pub lag: Option<u64>,
     pub reachable: bool,
+    /// Routing's view: `up` while its liveness lease holds.
+    pub up: Option<bool>,
+    /// When routing last saw its lease (ms since the epoch).
+    pub last_lease_at: Option<u64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -76,9 +92,7 @@ pub struct ClusterStatus {
 impl Cluster {
     /// Opens the stores under `data_dir`, binds the QUIC transport and starts Raft. The
     /// returned receiver carries every applied entry, in log order.
-    pub async fn start(
-        config: &Config,
-    ) -> anyhow::Result<(Cluster, mpsc::Receiver<AppliedEntry>)> {
+    pub async fn start(config: &Config) -> anyhow::Result<(Cluster, mpsc::Receiver<AppliedEntry>)> {
         let section = config
             .cluster
             .as_ref()
@@ -107,7 +121,14 @@ impl Cluster {
             section.snapshot_after_logs,
         )
         .context("cluster: Raft settings")?;
-        let transport = RaftTransport::bind(section.listen, tls, NetLimits::default())
+        // Forwarded proposals and status calls give up on a dead peer within a second, so a
+        // proposal stuck on a leader that just died moves on to the next one quickly.
+        let limits = NetLimits {
+            connect_timeout_ms: PEER_CALL_TIMEOUT_MS,
+            rpc_timeout_ms: PEER_CALL_TIMEOUT_MS,
+            ..NetLimits::default()
+        };
+        let transport = RaftTransport::bind(section.listen, tls, limits)
             .with_context(|| format!("cluster.listen: cannot bind {}", section.listen))?;
         let raft = Raft::new(id, raft_config, transport.network_factory(), log, sm)
             .await
@@ -158,6 +179,18 @@ impl Cluster {
 
     pub fn id(&self) -> NodeId {
         self.inner.id
+    }
+
+    /// Raft's own figures, for /metrics (no peer is asked, unlike [`Self::status`]).
+    pub fn raft_figures(&self) -> RaftFigures {
+        let m = self.inner.raft.metrics().borrow_watched().clone();
+        RaftFigures {
+            term: m.current_term,
+            leader: m.current_leader,
+            last_log_index: m.last_log_index,
+            last_applied: m.last_applied.as_ref().map(|l| l.index),
+            voters: m.membership_config.voter_ids().count(),
+        }
     }
 
     pub fn leader(&self) -> Option<NodeId> {
@@ -247,6 +280,7 @@ impl Cluster {
         let voters: BTreeSet<NodeId> = metrics.membership_config.voter_ids().collect();
         let last_log = metrics.last_log_index;
         let mut members = Vec::new();
+        let leases = self.read(|acd| acd.nodes());
         let nodes: Vec<(NodeId, Member)> = metrics
             .membership_config
             .nodes()
@@ -282,6 +316,11 @@ impl Cluster {
                     _ => None,
                 },
                 reachable,
+                up: leases.iter().find(|(n, _)| *n == id).map(|(_, s)| s.up),
+                last_lease_at: leases
+                    .iter()
+                    .find(|(n, _)| *n == id)
+                    .map(|(_, s)| s.last_lease_at),
             });
         }
         ClusterStatus {
@@ -306,7 +345,10 @@ impl Cluster {
         info!(node = id, "learner caught up; promoting to voter");
         self.inner
             .raft
-            .change_membership(carillon_consensus::openraft::ChangeMembers::AddVoterIds([id].into()), false)
+            .change_membership(
+                carillon_consensus::openraft::ChangeMembers::AddVoterIds([id].into()),
+                false,
+            )
             .await
             .with_context(|| format!("promoting n{id} to voter"))?;
         Ok(())
@@ -322,13 +364,19 @@ impl Cluster {
         if is_voter {
             self.inner
                 .raft
-                .change_membership(carillon_consensus::openraft::ChangeMembers::RemoveVoters([id].into()), false)
+                .change_membership(
+                    carillon_consensus::openraft::ChangeMembers::RemoveVoters([id].into()),
+                    false,
+                )
                 .await
                 .with_context(|| format!("removing voter n{id}"))?;
         }
         self.inner
             .raft
-            .change_membership(carillon_consensus::openraft::ChangeMembers::RemoveNodes([id].into()), false)
+            .change_membership(
+                carillon_consensus::openraft::ChangeMembers::RemoveNodes([id].into()),
+                false,
+            )
             .await
             .with_context(|| format!("removing node n{id}"))?;
         Ok(())
@@ -342,7 +390,10 @@ impl Cluster {
                     .member(l)
                     .map(|m| m.http_addr)
                     .unwrap_or_else(|| "unknown".into());
-                anyhow::bail!("n{} is not the leader; ask the leader n{l} (HTTP {addr})", self.inner.id)
+                anyhow::bail!(
+                    "n{} is not the leader; ask the leader n{l} (HTTP {addr})",
+                    self.inner.id
+                )
             }
             None => anyhow::bail!("there is no leader right now; retry in a few seconds"),
         }

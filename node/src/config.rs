@@ -99,6 +99,27 @@ pub struct HttpSection {
 #[serde(deny_unknown_fields)]
 pub struct GrpcSection {
     pub listen: SocketAddr,
+    /// The API's TLS certificate chain and key (PEM). Without them the API is served in
+    /// plaintext, and only on a loopback address.
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
+    /// Bearer token -> what it may do. With no tokens every call is refused.
+    #[serde(default)]
+    pub tokens: BTreeMap<String, TokenConfig>,
+}
+
+/// One API token: its role (`agent`, `supervisor`, `admin`), the agent an agent token
+/// acts as, and a name for the audit log.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    pub role: String,
+    #[serde(default)]
+    pub agent: Option<String>,
+    #[serde(default)]
+    pub name: Option<String>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -218,14 +239,17 @@ fn default_ring_timeout() -> f64 {
 fn default_true() -> bool {
     true
 }
+// openraft lets a follower campaign only after one leader lease (= the election timeout
+// maximum) plus its own election timeout, so a leader's death is noticed after
+// min+max..2*max: 1.15 to 1.4 s with these.
 fn default_election_min() -> u64 {
-    1_000
+    carillon_consensus::config::ELECTION_TIMEOUT_MIN_MS_DEFAULT
 }
 fn default_election_max() -> u64 {
-    2_000
+    carillon_consensus::config::ELECTION_TIMEOUT_MAX_MS_DEFAULT
 }
 fn default_heartbeat() -> u64 {
-    250
+    carillon_consensus::config::HEARTBEAT_MS_DEFAULT
 }
 fn default_lease() -> u64 {
     3_000
@@ -499,6 +523,9 @@ impl Config {
         if let Some(cluster) = &self.cluster {
             self.validate_cluster(cluster, &bad)?;
         }
+        if let Some(grpc) = &self.grpc {
+            validate_grpc(grpc, &bad)?;
+        }
         let mut numbers = BTreeSet::new();
         for (i, n) in self.numbers.iter().enumerate() {
             if n.number.is_empty() {
@@ -630,6 +657,60 @@ impl Config {
     }
 }
 
+fn validate_grpc(
+    g: &GrpcSection,
+    bad: &dyn Fn(String, String) -> ConfigError,
+) -> Result<(), ConfigError> {
+    match (&g.tls_cert, &g.tls_key) {
+        (Some(_), None) => {
+            return Err(bad(
+                "grpc.tls_key".into(),
+                "is required with grpc.tls_cert".into(),
+            ))
+        }
+        (None, Some(_)) => {
+            return Err(bad(
+                "grpc.tls_cert".into(),
+                "is required with grpc.tls_key".into(),
+            ))
+        }
+        (None, None) if !g.listen.ip().is_loopback() => {
+            return Err(bad(
+                "grpc.listen".into(),
+                format!(
+                    "{} is not a loopback address: without grpc.tls_cert and grpc.tls_key the API (tokens included) would cross the network in plaintext",
+                    g.listen
+                ),
+            ))
+        }
+        _ => {}
+    }
+    for (token, t) in &g.tokens {
+        // Name the token by its grant, never by its text, in errors.
+        let key = format!(
+            "grpc.tokens (role {}, agent {})",
+            t.role,
+            t.agent.as_deref().unwrap_or("-")
+        );
+        if token.len() < 8 {
+            return Err(bad(key, "a token must be at least 8 characters".into()));
+        }
+        if !matches!(t.role.as_str(), "agent" | "supervisor" | "admin") {
+            return Err(bad(
+                key,
+                "role must be `agent`, `supervisor` or `admin`".into(),
+            ));
+        }
+        if t.role == "agent" && t.agent.as_deref().unwrap_or("").is_empty() {
+            return Err(bad(
+                key,
+                "an agent token needs `agent`, the agent id it acts as".into(),
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn parse_range(text: &str) -> Result<(u64, u64), String> {
     let (lo, hi) = text
         .split_once('-')
@@ -744,10 +825,13 @@ site = "branch"
 
     #[test]
     fn cluster_section_loads_with_defaults_and_checks_its_own_entry() {
-        let text = format!("{}{CLUSTER}", GOOD.replace("data_dir", "site = \"hq\"\ndata_dir"));
+        let text = format!(
+            "{}{CLUSTER}",
+            GOOD.replace("data_dir", "site = \"hq\"\ndata_dir")
+        );
         let c = load(&text).expect("valid cluster");
         let cl = c.cluster.as_ref().expect("cluster");
-        assert_eq!(cl.election_timeout_min_ms, 1_000);
+        assert_eq!(cl.election_timeout_min_ms, 450);
         assert_eq!(cl.lease_ms, 3_000);
         assert!(cl.bootstrap);
         assert_eq!(c.node_number(), Some(1));

@@ -1,13 +1,23 @@
-//! `carillon ctl`: administration of a running node over its HTTP API.
+//! `carillon ctl`: administration of a running node through its gRPC API (no side
+//! channel). `--node HOST[:PORT]` picks the node (port 9090 when left out), `--token`
+//! (or `$CARILLON_TOKEN`) is the bearer token, `--ca FILE` turns on TLS and trusts that
+//! CA for the node's certificate.
 //!
-//! Until the gRPC API lands (issue 7), `--node` names the node's HTTP address.
+//! The small HTTP/1.1 client below is not used by ctl: `carillon bench` reads the node's
+//! HTTP status with it.
 
 use std::time::Duration;
 
+use std::path::PathBuf;
+
 use anyhow::{bail, Context as _};
+use carillon_ops::api::v1 as pb;
 use carillon_ops::records::Cdr;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tonic::metadata::MetadataValue;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 /// Largest response ctl reads (a CDR listing of a busy day fits comfortably).
 const RESPONSE_MAX_BYTES: usize = 256 * 1024 * 1024;
@@ -114,12 +124,721 @@ fn dechunk(mut body: &[u8]) -> anyhow::Result<Vec<u8>> {
     }
 }
 
-pub async fn cdr_list(node: &str, json: bool, limit: usize) -> anyhow::Result<()> {
-    let body = http_get(node, &format!("/api/cdrs?limit={limit}")).await?;
-    let cdrs: Vec<Cdr> = serde_json::from_str(&body).context("node sent CDRs ctl cannot read")?;
+/// `carillon ctl`'s arguments.
+#[derive(clap::Args)]
+pub struct CtlArgs {
+    /// The node's gRPC API, HOST[:PORT] (port 9090 when left out).
+    #[arg(long, default_value = "127.0.0.1:9090", global = true)]
+    pub node: String,
+    /// Bearer token (a key of the node's [grpc.tokens]); default $CARILLON_TOKEN.
+    #[arg(long, global = true)]
+    pub token: Option<String>,
+    /// CA certificate (PEM) that signed the node's API certificate: connect over TLS.
+    #[arg(long, global = true)]
+    pub ca: Option<PathBuf>,
+    #[command(subcommand)]
+    pub what: CtlCmd,
+}
+
+#[derive(clap::Subcommand)]
+pub enum CtlCmd {
+    /// The node's live status as JSON.
+    Status,
+    /// Call detail records.
+    Cdr {
+        #[command(subcommand)]
+        action: CdrCmd,
+    },
+    /// Agents: list, state, log in and out, skills.
+    Agent {
+        #[command(subcommand)]
+        action: AgentCmd,
+    },
+    /// Queues: list, create or change.
+    Queue {
+        #[command(subcommand)]
+        action: QueueCmd,
+    },
+    /// VIP callers.
+    Vip {
+        #[command(subcommand)]
+        action: VipCmd,
+    },
+    /// The Raft cluster: status and membership.
+    Cluster {
+        #[command(subcommand)]
+        action: ClusterCmd,
+    },
+    /// The audit log of refused and sensitive API actions (admin tokens).
+    Audit {
+        #[command(subcommand)]
+        action: AuditCmd,
+    },
+}
+
+#[derive(clap::Subcommand)]
+pub enum CdrCmd {
+    /// List CDRs, oldest first.
+    List {
+        #[arg(long)]
+        json: bool,
+        /// At most this many records.
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+    },
+}
+
+#[derive(clap::Subcommand)]
+pub enum AgentCmd {
+    /// Every configured agent with state, site and skills.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// One agent's state.
+    Show { agent: String },
+    /// Log an agent in (their phone must be registered at the node).
+    Login { agent: String },
+    /// Log an agent out (supervisor).
+    Logout { agent: String },
+    /// Make a logged-in agent ready to take calls.
+    Ready { agent: String },
+    /// Make an agent not ready, with a reason code.
+    NotReady {
+        agent: String,
+        #[arg(long, default_value = "break")]
+        reason: String,
+    },
+    /// Force an agent's state (supervisor): ready, not_ready or logged_out.
+    Force {
+        agent: String,
+        state: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Replace an agent's skills (`name` or `name:level`, comma separated).
+    Skills {
+        agent: String,
+        #[arg(value_delimiter = ',')]
+        skills: Vec<String>,
+    },
+}
+
+#[derive(clap::Subcommand)]
+pub enum QueueCmd {
+    /// Queues with their settings and who waits in them.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Create a queue, or change the given settings of one (live, cluster-wide).
+    Set {
+        name: String,
+        #[arg(long)]
+        skill: Option<String>,
+        #[arg(long)]
+        wrapup_ms: Option<u64>,
+        #[arg(long)]
+        ring_timeout_ms: Option<u64>,
+        #[arg(long)]
+        local_wait_ms: Option<u64>,
+        /// longest_idle, round_robin, fewest_calls, least_talk_time, top_down, random,
+        /// ring_all.
+        #[arg(long)]
+        strategy: Option<String>,
+        #[arg(long)]
+        min_level: Option<u32>,
+        #[arg(long)]
+        max_wait_ms: Option<u64>,
+        #[arg(long)]
+        queue_len_max: Option<u64>,
+    },
+}
+
+#[derive(clap::Subcommand)]
+pub enum VipCmd {
+    /// Make a caller number a VIP: wait up to --wait-ms for --agent, then --priority.
+    Set {
+        caller: String,
+        #[arg(long, default_value = "")]
+        agent: String,
+        #[arg(long, default_value_t = 0)]
+        wait_ms: u64,
+        #[arg(long, default_value_t = 1)]
+        priority: u32,
+    },
+    /// Take a caller number off the VIP list.
+    Remove { caller: String },
+}
+
+#[derive(clap::Subcommand)]
+pub enum ClusterCmd {
+    /// Leader, term, members, last applied index and lag per node.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add a node: it joins as a learner, catches up, then becomes a voter. Send it to
+    /// the leader.
+    AddNode {
+        /// `n4` (or 4).
+        id: String,
+        /// Its Raft (QUIC) address, HOST:PORT.
+        addr: String,
+        /// Its site (default `default`).
+        #[arg(long)]
+        site: Option<String>,
+        /// Its SIP address (default: the Raft host, port 5060).
+        #[arg(long)]
+        sip: Option<String>,
+        /// Its HTTP address (default: the Raft host, port 8080).
+        #[arg(long)]
+        http: Option<String>,
+    },
+    /// Remove a node from the cluster. Send it to the leader.
+    RemoveNode { id: String },
+}
+
+#[derive(clap::Subcommand)]
+pub enum AuditCmd {
+    /// Audit entries, oldest first (the newest --limit).
+    List {
+        #[arg(long)]
+        json: bool,
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+    },
+}
+
+/// Runs one `carillon ctl` command.
+pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
+    let t = Target {
+        node: args.node,
+        token: args.token,
+        ca: args.ca,
+    };
+    match args.what {
+        CtlCmd::Status => status(&t).await,
+        CtlCmd::Cdr {
+            action: CdrCmd::List { json, limit },
+        } => cdr_list(&t, json, limit).await,
+        CtlCmd::Agent { action } => match action {
+            AgentCmd::List { json } => agent_list(&t, json).await,
+            AgentCmd::Show { agent: a } => agent(&t, &a, AgentAction::Show).await,
+            AgentCmd::Login { agent: a } => agent(&t, &a, AgentAction::Login).await,
+            AgentCmd::Logout { agent: a } => agent(&t, &a, AgentAction::Logout).await,
+            AgentCmd::Ready { agent: a } => agent(&t, &a, AgentAction::Ready).await,
+            AgentCmd::NotReady { agent: a, reason } => {
+                agent(&t, &a, AgentAction::NotReady { reason }).await
+            }
+            AgentCmd::Force {
+                agent: a,
+                state,
+                reason,
+            } => agent(&t, &a, AgentAction::Force { state, reason }).await,
+            AgentCmd::Skills { agent: a, skills } => {
+                agent(&t, &a, AgentAction::Skills { skills }).await
+            }
+        },
+        CtlCmd::Queue { action } => match action {
+            QueueCmd::List { json } => queue_list(&t, json).await,
+            QueueCmd::Set {
+                name,
+                skill,
+                wrapup_ms,
+                ring_timeout_ms,
+                local_wait_ms,
+                strategy,
+                min_level,
+                max_wait_ms,
+                queue_len_max,
+            } => {
+                let req = pb::SetQueueRequest {
+                    name,
+                    skill,
+                    wrapup_ms,
+                    ring_timeout_ms,
+                    local_wait_ms,
+                    strategy,
+                    min_level,
+                    max_wait_ms,
+                    queue_len_max,
+                };
+                queue_set(&t, req).await
+            }
+        },
+        CtlCmd::Vip { action } => {
+            let req = match action {
+                VipCmd::Set {
+                    caller,
+                    agent,
+                    wait_ms,
+                    priority,
+                } => pb::SetVipRequest {
+                    caller,
+                    remove: false,
+                    agent,
+                    wait_ms,
+                    priority,
+                },
+                VipCmd::Remove { caller } => pb::SetVipRequest {
+                    caller,
+                    remove: true,
+                    ..Default::default()
+                },
+            };
+            vip_set(&t, req).await
+        }
+        CtlCmd::Cluster { action } => match action {
+            ClusterCmd::Status { json } => cluster_status(&t, json).await,
+            ClusterCmd::AddNode {
+                id,
+                addr,
+                site,
+                sip,
+                http,
+            } => {
+                cluster_add_node(
+                    &t,
+                    &id,
+                    &addr,
+                    site.as_deref(),
+                    sip.as_deref(),
+                    http.as_deref(),
+                )
+                .await
+            }
+            ClusterCmd::RemoveNode { id } => cluster_remove_node(&t, &id).await,
+        },
+        CtlCmd::Audit {
+            action: AuditCmd::List { json, limit },
+        } => audit_list(&t, json, limit).await,
+    }
+}
+
+/// The API's default port, used when `--node` names only a host.
+pub const GRPC_PORT_DEFAULT: u16 = 9090;
+/// Largest reply ctl accepts (a CDR listing of a busy day fits comfortably).
+const REPLY_MAX_BYTES: usize = 256 * 1024 * 1024;
+
+/// Where and how ctl reaches the API.
+#[derive(Clone, Debug)]
+pub struct Target {
+    /// HOST or HOST:PORT.
+    pub node: String,
+    pub token: Option<String>,
+    /// CA certificate (PEM) that signed the node's API certificate; TLS when set.
+    pub ca: Option<PathBuf>,
+}
+
+/// Adds the bearer token to every request.
+#[derive(Clone)]
+pub struct Bearer(Option<MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+pub type Authed = InterceptedService<Channel, Bearer>;
+
+/// A connected API client: one channel, every service over it.
+pub struct Api {
+    channel: Channel,
+    bearer: Bearer,
+}
+
+impl Target {
+    /// `node` with the default port added when it has none.
+    pub fn authority(&self) -> String {
+        let n = self.node.trim();
+        let has_port = match n.rsplit_once(':') {
+            // A bare IPv6 address has colons but no port unless bracketed.
+            Some((host, port)) => {
+                port.parse::<u16>().is_ok() && (!host.contains(':') || host.ends_with(']'))
+            }
+            None => false,
+        };
+        if has_port {
+            n.to_string()
+        } else if n.contains(':') && !n.starts_with('[') {
+            format!("[{n}]:{GRPC_PORT_DEFAULT}")
+        } else {
+            format!("{n}:{GRPC_PORT_DEFAULT}")
+        }
+    }
+
+    pub async fn connect(&self) -> anyhow::Result<Api> {
+        let authority = self.authority();
+        let scheme = if self.ca.is_some() { "https" } else { "http" };
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{authority}"))
+            .with_context(|| format!("--node {}: not HOST[:PORT]", self.node))?
+            .connect_timeout(TIMEOUT)
+            .timeout(TIMEOUT);
+        if let Some(ca) = &self.ca {
+            let pem =
+                std::fs::read(ca).with_context(|| format!("--ca: cannot read {}", ca.display()))?;
+            endpoint = endpoint
+                .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)))
+                .context("--ca: not a usable CA certificate")?;
+        }
+        let channel = endpoint.connect().await.with_context(|| {
+            format!("cannot reach the node's gRPC API at {authority} (is it running? see --node, and --ca for TLS)")
+        })?;
+        let token = self
+            .token
+            .clone()
+            .or_else(|| std::env::var("CARILLON_TOKEN").ok())
+            .filter(|t| !t.is_empty());
+        let bearer = match token {
+            Some(t) => Some(
+                format!("Bearer {t}")
+                    .parse()
+                    .context("--token: must be printable ASCII")?,
+            ),
+            None => None,
+        };
+        Ok(Api {
+            channel,
+            bearer: Bearer(bearer),
+        })
+    }
+}
+
+macro_rules! client {
+    ($name:ident, $module:ident, $client:ident) => {
+        pub fn $name(&self) -> pb::$module::$client<Authed> {
+            pb::$module::$client::with_interceptor(self.channel.clone(), self.bearer.clone())
+                .max_decoding_message_size(REPLY_MAX_BYTES)
+        }
+    };
+}
+
+impl Api {
+    client!(agents, agent_service_client, AgentServiceClient);
+    client!(calls, call_service_client, CallServiceClient);
+    client!(
+        supervisor,
+        supervisor_service_client,
+        SupervisorServiceClient
+    );
+    client!(events, event_service_client, EventServiceClient);
+    client!(admin, admin_service_client, AdminServiceClient);
+    client!(cluster, cluster_service_client, ClusterServiceClient);
+    client!(records, record_service_client, RecordServiceClient);
+    client!(audit, audit_service_client, AuditServiceClient);
+}
+
+/// A refused or failed call in words an operator can act on.
+fn explain(status: tonic::Status) -> anyhow::Error {
+    let hint = match status.code() {
+        tonic::Code::Unauthenticated => " (pass --token or set CARILLON_TOKEN)",
+        tonic::Code::PermissionDenied => " (this token's role may not do that)",
+        tonic::Code::Unavailable => " (is the node running? for TLS pass --ca)",
+        _ => "",
+    };
+    anyhow::anyhow!("{:?}: {}{hint}", status.code(), status.message())
+}
+
+fn print_json(v: &impl serde::Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+/// `ctl status`: the node's live status as JSON (the document HTTP /api/status serves).
+pub async fn status(t: &Target) -> anyhow::Result<()> {
+    let reply = t
+        .connect()
+        .await?
+        .admin()
+        .status(pb::StatusRequest {})
+        .await
+        .map_err(explain)?
+        .into_inner();
+    println!("{}", reply.json);
+    Ok(())
+}
+
+pub async fn cdr_list(t: &Target, json: bool, limit: usize) -> anyhow::Result<()> {
+    let reply = t
+        .connect()
+        .await?
+        .records()
+        .list_cdrs(pb::ListCdrsRequest {
+            since_ms: 0,
+            limit: u32::try_from(limit).unwrap_or(u32::MAX),
+        })
+        .await
+        .map_err(explain)?
+        .into_inner();
+    let cdrs: Vec<Cdr> = reply
+        .cdrs
+        .into_iter()
+        .map(crate::grpc::cdr_from_pb)
+        .collect();
+    print_cdrs(&cdrs, json)
+}
+
+fn agent_json(info: Option<pb::AgentInfo>) -> serde_json::Value {
+    let a = info.unwrap_or_default();
+    serde_json::json!({
+        "agent": a.id,
+        "state": a.state,
+        "detail": a.detail,
+        "site": a.site,
+        "skills": a.skills,
+        "registered_here": a.registered_here,
+    })
+}
+
+/// What `ctl agent` can do to one agent.
+pub enum AgentAction {
+    Show,
+    Login,
+    Logout,
+    Ready,
+    NotReady { reason: String },
+    Force { state: String, reason: String },
+    Skills { skills: Vec<String> },
+}
+
+pub async fn agent(t: &Target, agent: &str, action: AgentAction) -> anyhow::Result<()> {
+    let api = t.connect().await?;
+    let req = pb::AgentRequest {
+        agent: agent.to_string(),
+    };
+    let reply = match action {
+        AgentAction::Show => api.agents().get(req).await,
+        AgentAction::Login => api.agents().login(req).await,
+        AgentAction::Logout => api.supervisor().force_logout(req).await,
+        AgentAction::Ready => {
+            api.agents()
+                .set_state(pb::SetStateRequest {
+                    agent: agent.into(),
+                    ready: true,
+                    reason: String::new(),
+                })
+                .await
+        }
+        AgentAction::NotReady { reason } => {
+            api.agents()
+                .set_state(pb::SetStateRequest {
+                    agent: agent.into(),
+                    ready: false,
+                    reason,
+                })
+                .await
+        }
+        AgentAction::Force { state, reason } => {
+            api.supervisor()
+                .force_state(pb::ForceStateRequest {
+                    agent: agent.into(),
+                    state,
+                    reason,
+                })
+                .await
+        }
+        AgentAction::Skills { skills } => {
+            api.admin()
+                .set_agent_skills(pb::SetAgentSkillsRequest {
+                    agent: agent.into(),
+                    skills,
+                })
+                .await
+        }
+    }
+    .map_err(explain)?
+    .into_inner();
+    println!("{}", agent_json(reply.agent));
+    Ok(())
+}
+
+pub async fn agent_list(t: &Target, json: bool) -> anyhow::Result<()> {
+    let reply = t
+        .connect()
+        .await?
+        .admin()
+        .list_agents(pb::ListAgentsRequest {})
+        .await
+        .map_err(explain)?
+        .into_inner();
     if json {
-        println!("{}", serde_json::to_string_pretty(&cdrs)?);
-        return Ok(());
+        let list: Vec<_> = reply
+            .agents
+            .into_iter()
+            .map(|a| agent_json(Some(a)))
+            .collect();
+        return print_json(&list);
+    }
+    println!(
+        "{:<10} {:<11} {:<20} {:<10} {:<5} SKILLS",
+        "AGENT", "STATE", "DETAIL", "SITE", "HERE"
+    );
+    for a in &reply.agents {
+        println!(
+            "{:<10} {:<11} {:<20} {:<10} {:<5} {}",
+            a.id,
+            a.state,
+            truncate(&a.detail, 20),
+            a.site,
+            if a.registered_here { "yes" } else { "no" },
+            a.skills.join(",")
+        );
+    }
+    Ok(())
+}
+
+fn queue_json(q: &pb::QueueInfo) -> serde_json::Value {
+    let s = q.stats.clone().unwrap_or_default();
+    serde_json::json!({
+        "name": q.name,
+        "skill": q.skill,
+        "wrapup_ms": q.wrapup_ms,
+        "ring_timeout_ms": q.ring_timeout_ms,
+        "local_wait_ms": q.local_wait_ms,
+        "strategy": q.strategy,
+        "min_level": q.min_level,
+        "max_wait_ms": q.max_wait_ms,
+        "queue_len_max": q.queue_len_max,
+        "waiting": s.waiting,
+        "offering": s.offering,
+        "connected": s.connected,
+        "longest_wait_ms": s.longest_wait_ms,
+    })
+}
+
+pub async fn queue_list(t: &Target, json: bool) -> anyhow::Result<()> {
+    let reply = t
+        .connect()
+        .await?
+        .admin()
+        .list_queues(pb::ListQueuesRequest {})
+        .await
+        .map_err(explain)?
+        .into_inner();
+    if json {
+        let list: Vec<_> = reply.queues.iter().map(queue_json).collect();
+        return print_json(&list);
+    }
+    println!(
+        "{:<12} {:<10} {:<15} {:>8} {:>9} {:>7} {:>8} {:>9} {:>10}",
+        "QUEUE",
+        "SKILL",
+        "STRATEGY",
+        "RING MS",
+        "WRAPUP MS",
+        "WAITING",
+        "RINGING",
+        "CONNECTED",
+        "LONGEST S"
+    );
+    for q in &reply.queues {
+        let s = q.stats.clone().unwrap_or_default();
+        println!(
+            "{:<12} {:<10} {:<15} {:>8} {:>9} {:>7} {:>8} {:>9} {:>10.1}",
+            q.name,
+            q.skill,
+            q.strategy,
+            q.ring_timeout_ms,
+            q.wrapup_ms,
+            s.waiting,
+            s.offering,
+            s.connected,
+            s.longest_wait_ms as f64 / 1000.0
+        );
+    }
+    Ok(())
+}
+
+pub async fn queue_set(t: &Target, req: pb::SetQueueRequest) -> anyhow::Result<()> {
+    let reply = t
+        .connect()
+        .await?
+        .admin()
+        .set_queue(req)
+        .await
+        .map_err(explain)?
+        .into_inner();
+    println!("{}", queue_json(&reply));
+    Ok(())
+}
+
+pub async fn vip_set(t: &Target, req: pb::SetVipRequest) -> anyhow::Result<()> {
+    let r = t
+        .connect()
+        .await?
+        .admin()
+        .set_vip(req)
+        .await
+        .map_err(explain)?
+        .into_inner();
+    println!(
+        "{}",
+        serde_json::json!({ "caller": r.caller, "vip": r.vip, "agent": r.agent, "wait_ms": r.wait_ms, "priority": r.priority })
+    );
+    Ok(())
+}
+
+pub async fn audit_list(t: &Target, json: bool, limit: usize) -> anyhow::Result<()> {
+    let reply = t
+        .connect()
+        .await?
+        .audit()
+        .list(pb::ListAuditRequest {
+            since_ms: 0,
+            limit: u32::try_from(limit).unwrap_or(u32::MAX),
+        })
+        .await
+        .map_err(explain)?
+        .into_inner();
+    let entries: Vec<carillon_ops::audit::AuditEntry> = reply
+        .entries
+        .into_iter()
+        .map(|e| carillon_ops::audit::AuditEntry {
+            at_ms: e.at_ms,
+            principal: e.principal,
+            role: e.role,
+            action: e.action,
+            target: e.target,
+            outcome: e.outcome,
+            detail: e.detail,
+            peer: e.peer,
+        })
+        .collect();
+    if json {
+        return print_json(&entries);
+    }
+    println!(
+        "{:<14} {:<12} {:<10} {:<32} {:<12} {:<8} DETAIL",
+        "AT MS", "WHO", "ROLE", "ACTION", "TARGET", "OUTCOME"
+    );
+    for e in &entries {
+        println!(
+            "{:<14} {:<12} {:<10} {:<32} {:<12} {:<8} {}",
+            e.at_ms,
+            truncate(&e.principal, 12),
+            e.role,
+            e.action,
+            truncate(&e.target, 12),
+            e.outcome,
+            truncate(&e.detail, 80)
+        );
+    }
+    println!(
+        "{} entr{}",
+        entries.len(),
+        if entries.len() == 1 { "y" } else { "ies" }
+    );
+    Ok(())
+}
+
+fn print_cdrs(cdrs: &[Cdr], json: bool) -> anyhow::Result<()> {
+    if json {
+        return print_json(&cdrs);
     }
     println!(
         "{:<28} {:<14} {:<8} {:<10} {:<8} {:<11} {:>8} {:>9} {:<8}",
@@ -133,7 +852,7 @@ pub async fn cdr_list(node: &str, json: bool, limit: usize) -> anyhow::Result<()
         "TALK S",
         "HANGUP"
     );
-    for c in &cdrs {
+    for c in cdrs {
         let talk = c
             .answered_at_ms
             .map(|a| c.ended_at_ms.saturating_sub(a) as f64 / 1000.0)
@@ -156,10 +875,35 @@ pub async fn cdr_list(node: &str, json: bool, limit: usize) -> anyhow::Result<()
 }
 
 /// `ctl cluster status`: leader, term, and every member with how far it has applied.
-pub async fn cluster_status(node: &str, json: bool) -> anyhow::Result<()> {
-    let body = http_get(node, "/api/cluster").await?;
-    let status: serde_json::Value =
-        serde_json::from_str(&body).context("node sent a cluster status ctl cannot read")?;
+pub async fn cluster_status(t: &Target, json: bool) -> anyhow::Result<()> {
+    let s = t
+        .connect()
+        .await?
+        .cluster()
+        .status(pb::ClusterStatusRequest {})
+        .await
+        .map_err(explain)?
+        .into_inner();
+    // The same document the HTTP /api/cluster serves, so scripts keep working.
+    let status = serde_json::json!({
+        "leader": (!s.leader.is_empty()).then_some(&s.leader),
+        "term": s.term,
+        "node": s.node,
+        "last_log_index": s.last_log_index,
+        "last_applied": s.last_applied,
+        "members": s.members.iter().map(|m| serde_json::json!({
+            "id": m.id,
+            "addr": m.addr,
+            "site": m.site,
+            "sip": m.sip,
+            "role": m.role,
+            "last_applied": m.last_applied,
+            "lag": m.lag,
+            "reachable": m.reachable,
+            "up": m.up,
+            "last_lease_at": m.last_lease_at,
+        })).collect::<Vec<_>>(),
+    });
     if json {
         println!("{}", serde_json::to_string_pretty(&status)?);
         return Ok(());
@@ -180,7 +924,11 @@ pub async fn cluster_status(node: &str, json: bool) -> anyhow::Result<()> {
         "{:<6} {:<22} {:<10} {:<8} {:>12} {:>6} {:<9}",
         "ID", "RAFT ADDR", "SITE", "ROLE", "LAST APPLIED", "LAG", "REACHABLE"
     );
-    for m in status["members"].as_array().map(Vec::as_slice).unwrap_or(&[]) {
+    for m in status["members"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or(&[])
+    {
         println!(
             "{:<6} {:<22} {:<10} {:<8} {:>12} {:>6} {:<9}",
             text(&m["id"]),
@@ -202,22 +950,47 @@ pub async fn cluster_status(node: &str, json: bool) -> anyhow::Result<()> {
 /// `ctl cluster add-node ID ADDR`: sent to the leader, which adds a learner, waits for it
 /// to catch up and promotes it.
 pub async fn cluster_add_node(
-    node: &str,
+    t: &Target,
     id: &str,
     addr: &str,
     site: Option<&str>,
     sip: Option<&str>,
     http: Option<&str>,
 ) -> anyhow::Result<()> {
-    let req = serde_json::json!({ "id": id, "addr": addr, "site": site, "sip": sip, "http": http });
-    let body = http_send(node, "POST", "/api/cluster/nodes", Some(&req.to_string())).await?;
-    println!("{}", body.trim());
+    let reply = t
+        .connect()
+        .await?
+        .cluster()
+        .add_node(pb::AddNodeRequest {
+            id: id.into(),
+            addr: addr.into(),
+            site: site.unwrap_or_default().into(),
+            sip: sip.unwrap_or_default().into(),
+            http: http.unwrap_or_default().into(),
+        })
+        .await
+        .map_err(explain)?
+        .into_inner();
+    println!(
+        "{}",
+        serde_json::json!({ "added": reply.outcome.trim_start_matches("added ") })
+    );
     Ok(())
 }
 
-pub async fn cluster_remove_node(node: &str, id: &str) -> anyhow::Result<()> {
-    let body = http_send(node, "DELETE", &format!("/api/cluster/nodes/{id}"), None).await?;
-    println!("{}", body.trim());
+pub async fn cluster_remove_node(t: &Target, id: &str) -> anyhow::Result<()> {
+    let reply = t
+        .connect()
+        .await?
+        .cluster()
+        .remove_node(pb::RemoveNodeRequest { id: id.into() })
+        .await
+        .map_err(explain)?
+        .into_inner();
+    println!(
+        "{}",
+        serde_json::json!({ "removed": reply.outcome.trim_start_matches("removed ") })
+    );
     Ok(())
 }
 
@@ -228,6 +1001,23 @@ fn truncate(s: &str, n: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn node_gets_the_default_port() {
+        let t = |n: &str| {
+            Target {
+                node: n.into(),
+                token: None,
+                ca: None,
+            }
+            .authority()
+        };
+        assert_eq!(t("127.0.0.1"), "127.0.0.1:9090");
+        assert_eq!(t("127.0.0.1:7000"), "127.0.0.1:7000");
+        assert_eq!(t("node1"), "node1:9090");
+        assert_eq!(t("::1"), "[::1]:9090");
+        assert_eq!(t("[::1]:7000"), "[::1]:7000");
+    }
 
     #[test]
     fn reads_plain_and_chunked_responses() {

@@ -258,11 +258,7 @@ async fn invite(shared: Arc<Shared>, mut tx: Transaction) {
         sip::reply(&mut tx, StatusCode::BadRequest, vec![]).await;
         return;
     };
-    if let Some(peer) = shared
-        .routing
-        .cluster()
-        .and_then(|c| c.peer_by_sip(source))
-    {
+    if let Some(peer) = shared.routing.cluster().and_then(|c| c.peer_by_sip(source)) {
         crate::peer_leg::run(shared, tx, peer).await;
         return;
     }
@@ -362,6 +358,7 @@ async fn invite(shared: Arc<Shared>, mut tx: Transaction) {
         return;
     }
     let media = CallMedia::start(MediaLeg::new(port, codec, remote));
+    crate::metrics::sip_transaction("INVITE", 200);
     info!(%call_id, %caller, %dialled, %trunk, %source, "call answered");
     let setup = CallSetup {
         call_id,

@@ -26,9 +26,13 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     let app = Router::new()
         .route("/health", get(|| async { "ok" }))
         .route("/ready", get(ready))
+        .route("/metrics", get(metrics))
         .route("/api/cluster", get(cluster_status))
         .route("/api/cluster/nodes", post(cluster_add))
-        .route("/api/cluster/nodes/{id}", axum::routing::delete(cluster_remove))
+        .route(
+            "/api/cluster/nodes/{id}",
+            axum::routing::delete(cluster_remove),
+        )
         .route("/api/status", get(status))
         .route("/api/cdrs", get(cdrs))
         .route("/api/agents/{agent}/ready", post(agent_ready))
@@ -48,6 +52,19 @@ async fn ready(State(shared): State<Arc<Shared>>) -> Response {
             None => (StatusCode::SERVICE_UNAVAILABLE, "no cluster leader").into_response(),
         },
     }
+}
+
+/// Prometheus text exposition format.
+async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
+    let body = crate::metrics::render(&shared);
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
 }
 
 fn no_cluster() -> Response {

@@ -4,9 +4,11 @@
 //! Modules: `config` (TOML), `sip` (our one adapter around rsipstack), `edge` (every new
 //! SIP request: admission, registrar, trunk checks), `registrar` and `digest` (agent
 //! phones), `call` (the B2BUA call task), `routing_log` (the path to the routing state
-//! machine), `http` (health, status, CDRs), `ctl` (the admin client), `node` (wiring),
-//! `sim` and `demo` (simulated phones and callers, real SIP/RTP clients over rsipstack used
-//! by `carillon demo` and tests, not by the node's own SIP path), `bench` (benchmarks).
+//! machine), `http` (health, readiness, status, CDRs, `/metrics`), `metrics` (Prometheus
+//! series), `grpc` (the gRPC API over the node's state), `ctl` (its admin client), `node`
+//! (wiring), `sim` and `demo` (simulated phones and callers, real SIP/RTP clients over
+//! rsipstack used by `carillon demo` and tests, not by the node's own SIP path), `bench`
+//! (benchmarks).
 //! The ACD itself lives in `carillon-routing`, RTP in `carillon-media`, records in
 //! `carillon-ops`.
 
@@ -19,7 +21,9 @@ pub mod ctl;
 pub mod demo;
 pub mod digest;
 pub mod edge;
+pub mod grpc;
 pub mod http;
+pub mod metrics;
 pub mod node;
 pub mod peer_leg;
 pub mod registrar;

@@ -47,14 +47,8 @@ enum Cmd {
         #[arg(long)]
         force: bool,
     },
-    /// Administer a running node.
-    Ctl {
-        /// The node's HTTP address (HOST:PORT).
-        #[arg(long, default_value = "127.0.0.1:8080", global = true)]
-        node: String,
-        #[command(subcommand)]
-        what: CtlCmd,
-    },
+    /// Administer a running node through its gRPC API.
+    Ctl(carillon::ctl::CtlArgs),
 }
 
 #[derive(Subcommand)]
@@ -62,79 +56,11 @@ enum BenchCmd {
     /// SIPp callers -> node -> SIPp agents: highest zero-failure call rate, post-dial
     /// delay, memory per concurrent call.
     Sip(carillon::bench::sip::SipBenchArgs),
-}
-
-#[derive(Subcommand)]
-enum CtlCmd {
-    /// Call detail records.
-    Cdr {
-        #[command(subcommand)]
-        action: CdrCmd,
-    },
-    /// The node's live status as JSON.
-    Status,
-    /// Agent state: make an agent ready or not ready.
-    Agent {
-        #[command(subcommand)]
-        action: AgentCmd,
-    },
-    /// The Raft cluster: status and membership.
-    Cluster {
-        #[command(subcommand)]
-        action: ClusterCmd,
-    },
-}
-
-#[derive(Subcommand)]
-enum ClusterCmd {
-    /// Leader, term, members, last applied index and lag per node.
-    Status {
-        #[arg(long)]
-        json: bool,
-    },
-    /// Add a node: it joins as a learner, catches up, then becomes a voter. Send it to
-    /// the leader.
-    AddNode {
-        /// `n4` (or 4).
-        id: String,
-        /// Its Raft (QUIC) address, HOST:PORT.
-        addr: String,
-        /// Its site (default `default`).
-        #[arg(long)]
-        site: Option<String>,
-        /// Its SIP address (default: the Raft host, port 5060).
-        #[arg(long)]
-        sip: Option<String>,
-        /// Its HTTP address (default: the Raft host, port 8080).
-        #[arg(long)]
-        http: Option<String>,
-    },
-    /// Remove a node from the cluster. Send it to the leader.
-    RemoveNode { id: String },
-}
-
-#[derive(Subcommand)]
-enum AgentCmd {
-    /// Make a logged-in agent ready to take calls.
-    Ready { agent: String },
-    /// Make an agent not ready, with a reason code.
-    NotReady {
-        agent: String,
-        #[arg(long, default_value = "break")]
-        reason: String,
-    },
-}
-
-#[derive(Subcommand)]
-enum CdrCmd {
-    /// List CDRs, oldest first.
-    List {
-        #[arg(long)]
-        json: bool,
-        /// At most this many records.
-        #[arg(long, default_value_t = 1000)]
-        limit: usize,
-    },
+    /// The ACD state machine alone: decisions per second, bytes per waiting call.
+    Routing(carillon::bench::routing::RoutingBenchArgs),
+    /// The RTP relay on one core: concurrent calls, added latency, CPU per call-second,
+    /// with and without recording.
+    Media(carillon::bench::media::MediaBenchArgs),
 }
 
 fn init_logs(json: bool, default: &str) {
@@ -171,54 +97,29 @@ async fn main() -> std::process::ExitCode {
             init_logs(cli.log_json, "warn,rsipstack=error");
             carillon::bench::sip::run(args).await
         }
+        Cmd::Bench {
+            what: BenchCmd::Routing(args),
+        } => {
+            init_logs(cli.log_json, "warn");
+            carillon::bench::routing::run(&args)
+        }
+        Cmd::Bench {
+            what: BenchCmd::Media(args),
+        } => {
+            init_logs(cli.log_json, "warn");
+            // The bench runs its own runtimes on its own threads.
+            match tokio::task::spawn_blocking(move || carillon::bench::media::run(&args)).await {
+                Ok(r) => r,
+                Err(e) => Err(anyhow::anyhow!("media bench thread failed: {e}")),
+            }
+        }
         Cmd::Certs { out, nodes, force } => {
             init_logs(cli.log_json, "warn");
             certs(&out, &nodes, force)
         }
-        Cmd::Ctl { node, what } => {
+        Cmd::Ctl(args) => {
             init_logs(cli.log_json, "warn");
-            match what {
-                CtlCmd::Cdr {
-                    action: CdrCmd::List { json, limit },
-                } => carillon::ctl::cdr_list(&node, json, limit).await,
-                CtlCmd::Cluster { action } => match action {
-                    ClusterCmd::Status { json } => carillon::ctl::cluster_status(&node, json).await,
-                    ClusterCmd::AddNode {
-                        id,
-                        addr,
-                        site,
-                        sip,
-                        http,
-                    } => {
-                        carillon::ctl::cluster_add_node(
-                            &node,
-                            &id,
-                            &addr,
-                            site.as_deref(),
-                            sip.as_deref(),
-                            http.as_deref(),
-                        )
-                        .await
-                    }
-                    ClusterCmd::RemoveNode { id } => {
-                        carillon::ctl::cluster_remove_node(&node, &id).await
-                    }
-                },
-                CtlCmd::Status => carillon::ctl::http_get(&node, "/api/status")
-                    .await
-                    .map(|body| println!("{body}")),
-                CtlCmd::Agent { action } => {
-                    let path = match action {
-                        AgentCmd::Ready { agent } => format!("/api/agents/{agent}/ready"),
-                        AgentCmd::NotReady { agent, reason } => {
-                            format!("/api/agents/{agent}/not-ready?reason={reason}")
-                        }
-                    };
-                    carillon::ctl::http_post(&node, &path)
-                        .await
-                        .map(|body| println!("{body}"))
-                }
-            }
+            carillon::ctl::run(args).await
         }
     };
     match result {
@@ -240,10 +141,18 @@ fn certs(out: &std::path::Path, nodes: &[String], force: bool) -> anyhow::Result
         for n in nodes {
             carillon_consensus::certs::add(out, n, false)?;
         }
-        println!("signed {} with the existing CA in {}", nodes.join(", "), out.display());
+        println!(
+            "signed {} with the existing CA in {}",
+            nodes.join(", "),
+            out.display()
+        );
     } else {
         carillon_consensus::certs::generate(out, nodes, force)?;
-        println!("made a cluster CA and {} in {}", nodes.join(", "), out.display());
+        println!(
+            "made a cluster CA and {} in {}",
+            nodes.join(", "),
+            out.display()
+        );
     }
     Ok(())
 }

@@ -8,19 +8,19 @@ use std::time::Duration;
 use anyhow::Context as _;
 use carillon_media::{PortPool, Prompt};
 use carillon_ops::records::{Cdr, RecordStore, RedbRecordStore};
-use carillon_routing::{Command, QueueConfig};
+use carillon_routing::{Command, Event, QueueConfig};
 use serde::Serialize;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use crate::clock::now_ms;
+use crate::cluster::Cluster;
 use crate::config::{Cidr, Config};
 use crate::registrar::Registrar;
-use crate::cluster::Cluster;
 use crate::routing_log::{ProposeError, RoutingLog};
+use crate::sip::SipStack;
 use carillon_consensus::state_machine::AppliedEntry;
 use tokio::sync::mpsc;
-use crate::sip::SipStack;
 
 /// How often the node advances routing time (ring timeouts, wrap-up ends).
 const TICK_MS: u64 = 100;
@@ -64,6 +64,7 @@ pub struct Counters {
 
 impl Counters {
     pub fn record(&self, cdr: &Cdr) {
+        crate::metrics::call_recorded(cdr);
         let c = match cdr.disposition.as_str() {
             "answered" => &self.calls_answered,
             "abandoned" => &self.calls_abandoned,
@@ -229,6 +230,10 @@ impl Node {
             tokio::spawn(expiry_sweeper(shared.clone())),
             tokio::spawn(crate::http::serve(http, shared.clone())),
         ];
+        crate::metrics::install();
+        if let Some((_, grpc)) = crate::grpc::start(shared.clone()).await? {
+            tasks.push(grpc);
+        }
         if let Some(rx) = applied {
             tasks.push(tokio::spawn(deliver_applied(shared.clone(), rx)));
             tasks.push(tokio::spawn(cluster_upkeep(shared.clone())));
@@ -310,7 +315,44 @@ fn setup_commands(config: &Config, now: u64) -> Vec<Command> {
 /// Feeds every entry the cluster applies here to the call tasks it concerns.
 async fn deliver_applied(shared: Arc<Shared>, mut rx: mpsc::Receiver<AppliedEntry>) {
     while let Some(entry) = rx.recv().await {
+        for event in &entry.applied.events {
+            match event {
+                Event::NodeDown { node } => {
+                    warn!(node = %format!("n{node}"), "cluster member declared down: its calls are lost, its agents unavailable");
+                }
+                Event::NodeUp { node } => {
+                    info!(node = %format!("n{node}"), "cluster member up");
+                    if *node == shared.node_number {
+                        tokio::spawn(relogin_agents(shared.clone()));
+                    }
+                }
+                _ => {}
+            }
+        }
         shared.routing.deliver(entry.applied.events);
+    }
+}
+
+/// After this node was declared down and came back, routing has logged out the agents
+/// whose phones are registered here: log them in again.
+async fn relogin_agents(shared: Arc<Shared>) {
+    let agents = shared.registrar().registered_agents();
+    for agent in agents {
+        let skills = shared
+            .registrar()
+            .account(&agent)
+            .map(|a| a.skills.clone())
+            .unwrap_or_default();
+        let cmd = Command::AgentLogin {
+            agent: agent.clone(),
+            skills,
+            node: shared.node_number,
+            site: shared.config.node.site.clone(),
+            at: now_ms(),
+        };
+        if let Err(e) = shared.routing.propose(cmd).await {
+            warn!(%agent, error = %e, "could not log the agent in again");
+        }
     }
 }
 
@@ -344,9 +386,14 @@ async fn cluster_upkeep(shared: Arc<Shared>) {
             site: site.clone(),
             at: now_ms(),
         };
-        if let Err(e) = shared.routing.propose(lease).await {
-            warn!(error = %e, "could not renew this node's lease");
-        }
+        // Each renewal on its own: one stuck on a leader that just died must not hold
+        // back the next (a proposal gives up within PROPOSE_DEADLINE_MS, so few overlap).
+        let routing = shared.routing.clone();
+        tokio::spawn(async move {
+            if let Err(e) = routing.propose(lease).await {
+                warn!(error = %e, "could not renew this node's lease");
+            }
+        });
     }
 }
 

@@ -176,7 +176,9 @@ impl Leg {
         };
         if response.status_code.kind() != rsip::StatusCodeKind::Successful {
             info!(status = %response.status_code, "agent phone did not take the call");
-            self.owner.reject(Some(response.status_code.clone()), None).ok();
+            self.owner
+                .reject(Some(response.status_code.clone()), None)
+                .ok();
             return;
         }
         let body = String::from_utf8_lossy(&response.body).to_string();
@@ -189,7 +191,9 @@ impl Leg {
                 warn!(error = %e, "agent phone answered with unusable SDP");
                 phone.bye().await.ok();
                 dialogs.remove_dialog(&phone.id());
-                self.owner.reject(Some(StatusCode::NotAcceptableHere), None).ok();
+                self.owner
+                    .reject(Some(StatusCode::NotAcceptableHere), None)
+                    .ok();
                 return;
             }
         };

@@ -127,6 +127,11 @@ impl Registrar {
         self.bindings.get(agent)
     }
 
+    /// Every agent with a live binding here.
+    pub fn registered_agents(&self) -> Vec<String> {
+        self.bindings.keys().cloned().collect()
+    }
+
     pub fn registered_count(&self) -> usize {
         self.bindings.len()
     }

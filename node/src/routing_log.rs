@@ -12,13 +12,17 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use carillon_routing::{Acd, AcdStats, AgentState, Command, Event};
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc};
 
 use crate::cluster::Cluster;
 
 /// Events a call task can fall behind on before the log reports it; a call sees a handful
 /// of events in its life, so this is far from any real backlog.
 pub const CALL_EVENTS_MAX: usize = 64;
+
+/// Events the API's event streams may fall behind on before they are told how many they
+/// missed (a burst of a few hundred calls ending at once fits).
+pub const WATCH_EVENTS_MAX: usize = 4096;
 
 /// Why a proposal did not take effect.
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +43,8 @@ pub struct RoutingLog {
 struct Inner {
     backend: Backend,
     calls: Mutex<HashMap<String, mpsc::Sender<Event>>>,
+    /// Every applied event, for the API's event streams (bounded; slow readers lag).
+    watchers: broadcast::Sender<Event>,
 }
 
 enum Backend {
@@ -70,6 +76,7 @@ impl RoutingLog {
             inner: Arc::new(Inner {
                 backend,
                 calls: Mutex::new(HashMap::new()),
+                watchers: broadcast::channel(WATCH_EVENTS_MAX).0,
             }),
         }
     }
@@ -98,6 +105,7 @@ impl RoutingLog {
     /// applied here, which is before `client_write` returns on the leader and soon after
     /// on a follower.
     pub async fn propose(&self, cmd: Command) -> Result<(), ProposeError> {
+        let _timer = crate::metrics::ProposeTimer::start();
         match &self.inner.backend {
             Backend::Local(local) => {
                 let events = {
@@ -118,6 +126,12 @@ impl RoutingLog {
 
     /// Hands committed events to the call tasks this node runs.
     pub fn deliver(&self, events: Vec<Event>) {
+        if self.inner.watchers.receiver_count() > 0 {
+            for event in &events {
+                // Err only means no receiver is left; nothing to do then.
+                let _ = self.inner.watchers.send(event.clone());
+            }
+        }
         let calls = lock(&self.inner.calls);
         for event in events {
             let call = match &event {
@@ -144,6 +158,11 @@ impl RoutingLog {
                 }
             }
         }
+    }
+
+    /// Every event applied on this node from now on (the API's event streams).
+    pub fn watch(&self) -> broadcast::Receiver<Event> {
+        self.inner.watchers.subscribe()
     }
 
     /// Reads the local replica (current as of the last entry applied here).

@@ -98,6 +98,11 @@ pub struct Acd {
     /// Nodes that have leased at least once.
     nodes: BTreeMap<NodeId, NodeStatus>,
     lease_ms: u64,
+    /// The last Tick's time. Ticks come only from a leader, several a second; a gap
+    /// longer than a sixth of a lease means there was no leader to commit anyone's lease
+    /// renewal, so every live node is given a fresh lease when ticking resumes (an
+    /// election must not take the survivors down with the node that died).
+    last_tick_at: Millis,
     settings: RoutingSettings,
     vips: BTreeMap<String, Vip>,
     /// Last-agent affinity: caller -> (agent, when answered).
@@ -128,6 +133,7 @@ impl Acd {
             totals: Totals::default(),
             nodes: BTreeMap::new(),
             lease_ms: LEASE_MS_DEFAULT,
+            last_tick_at: 0,
             settings: RoutingSettings::default(),
             vips: BTreeMap::new(),
             last_agent: BTreeMap::new(),
@@ -1264,6 +1270,13 @@ impl Acd {
     /// ends, the end of VIP and affinity waits, then each queue's time rules (max wait,
     /// overflow).
     fn tick(&mut self, now: Millis, events: &mut Vec<Event>) {
+        let gap = now.saturating_sub(self.last_tick_at);
+        if self.last_tick_at != 0 && gap > self.lease_ms / 6 {
+            for status in self.nodes.values_mut().filter(|n| n.up) {
+                status.last_lease_at = status.last_lease_at.max(now);
+            }
+        }
+        self.last_tick_at = now;
         self.lapse_nodes(now, events);
         let mut due: Vec<(Millis, String, Vec<String>)> = self
             .calls
@@ -1804,6 +1817,7 @@ impl Canon for Acd {
             totals,
             nodes,
             lease_ms,
+            last_tick_at,
             settings,
             vips,
             last_agent,
@@ -1818,6 +1832,7 @@ impl Canon for Acd {
         totals.canon(h);
         nodes.canon(h);
         lease_ms.canon(h);
+        last_tick_at.canon(h);
         settings.canon(h);
         vips.canon(h);
         last_agent.canon(h);

@@ -1246,6 +1246,29 @@ fn first_lease_registers_the_node_and_lapses_mark_it_down() {
 }
 
 #[test]
+fn a_gap_in_ticking_renews_every_live_lease() {
+    // No leader for 3.5 s (an election): nobody's lease could be committed. The first
+    // Tick of the new leader must not declare the survivors down; the node that died
+    // lapses one lease later.
+    let mut acd = acd();
+    lease(&mut acd, 1, "hq", 0);
+    lease(&mut acd, 2, "hq", 0);
+    tick(&mut acd, 100);
+    lease(&mut acd, 1, "hq", 1_000);
+    lease(&mut acd, 2, "hq", 1_000);
+    tick(&mut acd, 1_000);
+    // Leader (node 2) dies at 1 000; node 1 leads from 4 500.
+    assert!(tick(&mut acd, 4_500).is_empty(), "survivors kept");
+    lease(&mut acd, 1, "hq", 4_600);
+    for at in (4_700..=7_500).step_by(100) {
+        assert!(tick(&mut acd, at).is_empty(), "at {at}");
+    }
+    lease(&mut acd, 1, "hq", 7_500);
+    assert_eq!(tick(&mut acd, 7_600), [Event::NodeDown { node: 2 }]);
+    assert!(acd.nodes()[0].1.up);
+}
+
+#[test]
 fn configure_cluster_sets_the_lease_length() {
     let mut acd = acd();
     assert_eq!(acd.lease_ms(), LEASE_MS_DEFAULT);

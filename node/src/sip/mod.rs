@@ -202,6 +202,7 @@ pub fn check_request(req: &Request) -> Result<(), String> {
 /// Replies to a server transaction; failures (the peer vanished) are logged, not raised,
 /// because there is nobody left to tell.
 pub async fn reply(tx: &mut Transaction, status: StatusCode, headers: Vec<Header>) {
+    crate::metrics::sip_transaction(&tx.original.method.to_string(), u16::from(status.clone()));
     if let Err(e) = tx.reply_with(status.clone(), headers, None).await {
         tracing::debug!(error = %e, status = %status, "could not send reply");
     }

@@ -41,11 +41,11 @@ fn cluster_calls_cross_nodes_and_survive_leader_kill() {
     let total_agents = (AGENTS_N1.len() + AGENTS_N3.len()) as u64;
     // Routing state is replicated: every member sees all 18 agents ready.
     for i in 0..3 {
-        cluster
-            .node(i)
-            .wait_until("all agents ready everywhere", Duration::from_secs(10), |n| {
-                n.agents_in("ready") == total_agents
-            });
+        cluster.node(i).wait_until(
+            "all agents ready everywhere",
+            Duration::from_secs(10),
+            |n| n.agents_in("ready") == total_agents,
+        );
     }
 
     // Phase 1: 100 calls at each node, at once.
@@ -77,11 +77,22 @@ fn cluster_calls_cross_nodes_and_survive_leader_kill() {
         let cdrs = cluster
             .node(i)
             .wait_cdrs(CALLS_PER_NODE as usize, Duration::from_secs(20));
-        assert_eq!(cdrs.len(), CALLS_PER_NODE as usize, "n{}: one CDR per call", i + 1);
+        assert_eq!(
+            cdrs.len(),
+            CALLS_PER_NODE as usize,
+            "n{}: one CDR per call",
+            i + 1
+        );
         for cdr in &cdrs {
             assert_eq!(cdr_str(cdr, "disposition"), "answered", "n{}: {cdr}", i + 1);
-            assert!(cdr_u64(cdr, "rtp_caller_to_agent") > 0, "no audio in: {cdr}");
-            assert!(cdr_u64(cdr, "rtp_agent_to_caller") > 0, "no audio out: {cdr}");
+            assert!(
+                cdr_u64(cdr, "rtp_caller_to_agent") > 0,
+                "no audio in: {cdr}"
+            );
+            assert!(
+                cdr_u64(cdr, "rtp_agent_to_caller") > 0,
+                "no audio out: {cdr}"
+            );
         }
         phase1.push(cdrs);
     }
@@ -94,9 +105,11 @@ fn cluster_calls_cross_nodes_and_survive_leader_kill() {
         );
     }
     for i in 0..3 {
-        cluster.node(i).wait_until("calls over", Duration::from_secs(10), |n| {
-            n.active_calls() == 0 && n.agents_in("ready") == total_agents
-        });
+        cluster
+            .node(i)
+            .wait_until("calls over", Duration::from_secs(10), |n| {
+                n.active_calls() == 0 && n.agents_in("ready") == total_agents
+            });
     }
 
     // Phase 2: no agent ready; calls wait at the two survivors; the leader dies.
@@ -141,14 +154,17 @@ fn cluster_calls_cross_nodes_and_survive_leader_kill() {
         .flat_map(|(_, r)| r.clone())
         .collect();
     for a in &survivor_agents {
-        cluster.node(new_leader).post(&format!("/api/agents/{a}/ready"));
+        cluster
+            .node(new_leader)
+            .post(&format!("/api/agents/{a}/ready"));
     }
     cluster.node(new_leader).wait_until(
         "every waiting call connected to an agent",
         Duration::from_secs(20),
         |n| {
             let st = n.status();
-            queue_depth(&st) == 0 && st["acd"]["agents"]["on_call"].as_u64() == Some(expected_waiting)
+            queue_depth(&st) == 0
+                && st["acd"]["agents"]["on_call"].as_u64() == Some(expected_waiting)
         },
     );
     // The callers hang up WAIT_CALL_MS after the node answered them.

@@ -6,6 +6,7 @@ mod harness;
 
 mod abandon;
 mod agent_hangup;
+mod api;
 mod calls_bulk;
 mod cluster;
 mod example_single_node;

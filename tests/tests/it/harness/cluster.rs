@@ -80,8 +80,16 @@ impl TestCluster {
                 .set("grpc", "listen", p.grpc.to_string())
                 .set("cluster", "listen", p.raft.to_string())
                 .set("cluster", "ca", cert_path(certs.path(), "ca.pem"))
-                .set("cluster", "cert", cert_path(certs.path(), &format!("{}.pem", p.id)))
-                .set("cluster", "key", cert_path(certs.path(), &format!("{}.key", p.id)))
+                .set(
+                    "cluster",
+                    "cert",
+                    cert_path(certs.path(), &format!("{}.pem", p.id)),
+                )
+                .set(
+                    "cluster",
+                    "key",
+                    cert_path(certs.path(), &format!("{}.key", p.id)),
+                )
                 .set("cluster", "members", members.clone());
             tune(i, &mut spec);
             nodes.push(Some(Node::start_as_given(spec)));

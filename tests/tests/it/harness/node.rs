@@ -118,7 +118,6 @@ impl NodeSpec {
         spec
     }
 
-
     /// Sets `key` in table `section` (created if missing), e.g. ("node", "max_concurrent_calls").
     pub fn set(&mut self, section: &str, key: &str, value: impl Into<Toml>) -> &mut Self {
         let entry = self
