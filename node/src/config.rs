@@ -774,6 +774,32 @@ queue = "support"
     }
 
     #[test]
+    fn grpc_tokens_and_plaintext_rules() {
+        let with = |grpc: &str| load(&format!("{GOOD}\n[grpc]\n{grpc}"));
+        let ok = with(
+            "listen = \"127.0.0.1:9090\"\n[grpc.tokens]\n\"agent-token-1\" = { role = \"agent\", agent = \"1001\" }",
+        )
+        .expect("a loopback API with an agent token");
+        let grpc = ok.grpc.expect("[grpc]");
+        assert_eq!(grpc.tokens["agent-token-1"].agent.as_deref(), Some("1001"));
+        let err = |grpc: &str| with(grpc).expect_err(grpc).to_string();
+        assert!(err("listen = \"0.0.0.0:9090\"").contains("plaintext"));
+        assert!(err("listen = \"0.0.0.0:9090\"\ntls_cert = \"c.pem\"").contains("grpc.tls_key"));
+        let bad_role = err(
+            "listen = \"127.0.0.1:9090\"\n[grpc.tokens]\n\"long-token-1\" = { role = \"root\" }",
+        );
+        assert!(bad_role.contains("role must be") && !bad_role.contains("long-token-1"));
+        assert!(err(
+            "listen = \"127.0.0.1:9090\"\n[grpc.tokens]\n\"long-token-1\" = { role = \"agent\" }"
+        )
+        .contains("needs `agent`"));
+        assert!(err(
+            "listen = \"127.0.0.1:9090\"\n[grpc.tokens]\n\"short\" = { role = \"admin\" }"
+        )
+        .contains("at least 8"));
+    }
+
+    #[test]
     fn good_config_loads_with_agents_expanded_and_paths_resolved() {
         let c = load(GOOD).expect("valid");
         let agents = c.agent_accounts();

@@ -136,6 +136,10 @@ pub struct CtlArgs {
     /// CA certificate (PEM) that signed the node's API certificate: connect over TLS.
     #[arg(long, global = true)]
     pub ca: Option<PathBuf>,
+    /// The name the node's API certificate carries, when it is not the host in --node
+    /// (a certificate from `carillon certs` names `n1.carillon`).
+    #[arg(long, global = true)]
+    pub tls_name: Option<String>,
     #[command(subcommand)]
     pub what: CtlCmd,
 }
@@ -316,6 +320,7 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
         node: args.node,
         token: args.token,
         ca: args.ca,
+        tls_name: args.tls_name,
     };
     match args.what {
         CtlCmd::Status => status(&t).await,
@@ -429,6 +434,8 @@ pub struct Target {
     pub token: Option<String>,
     /// CA certificate (PEM) that signed the node's API certificate; TLS when set.
     pub ca: Option<PathBuf>,
+    /// Overrides the name checked against the node's certificate.
+    pub tls_name: Option<String>,
 }
 
 /// Adds the bearer token to every request.
@@ -482,8 +489,12 @@ impl Target {
         if let Some(ca) = &self.ca {
             let pem =
                 std::fs::read(ca).with_context(|| format!("--ca: cannot read {}", ca.display()))?;
+            let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem));
+            if let Some(name) = &self.tls_name {
+                tls = tls.domain_name(name.clone());
+            }
             endpoint = endpoint
-                .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)))
+                .tls_config(tls)
                 .context("--ca: not a usable CA certificate")?;
         }
         let channel = endpoint.connect().await.with_context(|| {
@@ -1009,6 +1020,7 @@ mod tests {
                 node: n.into(),
                 token: None,
                 ca: None,
+                tls_name: None,
             }
             .authority()
         };

@@ -56,6 +56,9 @@ enum BenchCmd {
     /// SIPp callers -> node -> SIPp agents: highest zero-failure call rate, post-dial
     /// delay, memory per concurrent call.
     Sip(carillon::bench::sip::SipBenchArgs),
+    /// The replicated routing log on three members over QUIC: commits per second,
+    /// enqueue-to-offer latency, failover; then SIP calls per second through a cluster.
+    Cluster(carillon::bench::cluster::ClusterBenchArgs),
     /// The ACD state machine alone: decisions per second, bytes per waiting call.
     Routing(carillon::bench::routing::RoutingBenchArgs),
     /// The RTP relay on one core: concurrent calls, added latency, CPU per call-second,
@@ -96,6 +99,12 @@ async fn main() -> std::process::ExitCode {
         } => {
             init_logs(cli.log_json, "warn,rsipstack=error");
             carillon::bench::sip::run(args).await
+        }
+        Cmd::Bench {
+            what: BenchCmd::Cluster(args),
+        } => {
+            init_logs(cli.log_json, "warn,rsipstack=error,openraft=error");
+            carillon::bench::cluster::run(args).await
         }
         Cmd::Bench {
             what: BenchCmd::Routing(args),

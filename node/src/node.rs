@@ -173,6 +173,8 @@ pub struct NodeHandle {
 
 impl Node {
     pub async fn start(config: Config) -> anyhow::Result<NodeHandle> {
+        // Before anything is counted, so start-up work shows in /metrics too.
+        crate::metrics::install();
         let data_dir = config.data_dir();
         std::fs::create_dir_all(&data_dir)
             .with_context(|| format!("node.data_dir: cannot create {}", data_dir.display()))?;
@@ -230,7 +232,6 @@ impl Node {
             tokio::spawn(expiry_sweeper(shared.clone())),
             tokio::spawn(crate::http::serve(http, shared.clone())),
         ];
-        crate::metrics::install();
         if let Some((_, grpc)) = crate::grpc::start(shared.clone()).await? {
             tasks.push(grpc);
         }

@@ -48,7 +48,8 @@ struct Inner {
 }
 
 enum Backend {
-    Local(Mutex<Local>),
+    /// Boxed: the whole ACD lives inline in `Local`, while `Raft` is a handle.
+    Local(Box<Mutex<Local>>),
     Raft(Cluster),
 }
 
@@ -60,10 +61,10 @@ struct Local {
 impl RoutingLog {
     /// A standalone node's log: applied in-process.
     pub fn local() -> Self {
-        Self::with_backend(Backend::Local(Mutex::new(Local {
+        Self::with_backend(Backend::Local(Box::new(Mutex::new(Local {
             acd: Acd::new(),
             applied: 0,
-        })))
+        }))))
     }
 
     /// A cluster member's log. The caller feeds committed events to [`Self::deliver`].

@@ -96,11 +96,15 @@ impl Tokens {
         let Some(raw) = raw else {
             return Err(AuthError::Missing);
         };
-        let token = raw
-            .strip_prefix("Bearer ")
-            .or_else(|| raw.strip_prefix("bearer "))
-            .unwrap_or(raw)
-            .trim();
+        // The scheme is case-insensitive (RFC 7235); a bare token is accepted too.
+        let token = if raw.eq_ignore_ascii_case("bearer") {
+            ""
+        } else {
+            match raw.get(..7) {
+                Some(scheme) if scheme.eq_ignore_ascii_case("bearer ") => raw[7..].trim(),
+                _ => raw,
+            }
+        };
         if token.is_empty() {
             return Err(AuthError::Missing);
         }
@@ -214,6 +218,10 @@ mod tests {
         assert_eq!(p.name, "ops");
         assert_eq!(t.authenticate(None), Err(AuthError::Missing));
         assert_eq!(t.authenticate(Some("Bearer ")), Err(AuthError::Missing));
+        assert_eq!(
+            t.authenticate(Some("BEARER a-1001")).map(|p| p.name),
+            Ok("1001".into())
+        );
         assert_eq!(t.authenticate(Some("Bearer nope")), Err(AuthError::Unknown));
         let long = "x".repeat(TOKEN_LEN_MAX_BYTES + 1);
         assert_eq!(t.authenticate(Some(&long)), Err(AuthError::Unknown));

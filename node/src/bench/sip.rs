@@ -74,6 +74,12 @@ pub struct SipBenchArgs {
     /// Keep the work directory (config, node log, SIPp output) and print its path.
     #[arg(long)]
     pub keep: bool,
+    /// Run the node under test as one member of a three-node Raft cluster (two more
+    /// `carillon run` processes on loopback, same site): every routing command of every
+    /// call is committed through Raft over QUIC. The headline becomes
+    /// `cluster_cps_zero_fail`.
+    #[arg(long)]
+    pub cluster: bool,
 }
 
 /// Runs the benchmark and prints `bench: ...` lines.
@@ -128,7 +134,12 @@ async fn bench(args: &SipBenchArgs, work: &Path, procs: &mut Procs) -> anyhow::R
         .saturating_sub(rss_idle_kib)
         .checked_div(peak.active)
         .unwrap_or(0);
-    println!("bench: sip_cps_zero_fail {best_cps} calls/s");
+    let headline = if args.cluster {
+        "cluster_cps_zero_fail"
+    } else {
+        "sip_cps_zero_fail"
+    };
+    println!("bench: {headline} {best_cps} calls/s");
     println!(
         "bench: post_dial_p50_ms {:.2} ms",
         percentile(&post_dial_us, 50) as f64 / 1000.0
@@ -188,6 +199,9 @@ async fn start_node(
         .to_string();
     let base = config_path.parent().unwrap_or(Path::new(".")).to_path_buf();
     let addrs = prepare_config(&mut config, &base, work)?;
+    if args.cluster {
+        start_cluster_peers(&mut config, &addrs, &node_bin(args)?, work, procs).await?;
+    }
     let node_config = work.join("node.toml");
     fs::write(&node_config, toml::to_string(&config)?)?;
     write_tone(work)?;
@@ -221,6 +235,9 @@ async fn start_node(
     procs.children.push(node);
     let http = addrs.http.to_string();
     wait_healthy(&http, Duration::from_secs(STARTUP_TIMEOUT_S)).await?;
+    if args.cluster {
+        wait_ready(&http, Duration::from_secs(STARTUP_TIMEOUT_S)).await?;
+    }
     let target = Target {
         pid,
         sip: addrs.sip,
@@ -547,6 +564,105 @@ fn prepare_config(config: &mut toml::Table, base: &Path, work: &Path) -> anyhow:
         sip: listen("sip")?,
         http: listen("http")?,
     })
+}
+
+/// Makes `config` (the node under test) member n1 of a three-node cluster and starts
+/// members n2 and n3 (same config, their own ports and data, no load of their own).
+async fn start_cluster_peers(
+    config: &mut toml::Table,
+    addrs: &Addrs,
+    bin: &Path,
+    work: &Path,
+    procs: &mut Procs,
+) -> anyhow::Result<()> {
+    let certs = work.join("certs");
+    let names: Vec<String> = ["n1", "n2", "n3"].map(String::from).to_vec();
+    carillon_consensus::certs::generate(&certs, &names, true)?;
+    let mut peers = vec![config.clone(), config.clone()];
+    let mut plans = vec![(addrs.sip, addrs.http)];
+    for (i, peer) in peers.iter_mut().enumerate() {
+        let peer_work = work.join(format!("n{}", i + 2));
+        fs::create_dir_all(&peer_work)?;
+        let a = prepare_config(peer, &peer_work, &peer_work)?;
+        plans.push((a.sip, a.http));
+    }
+    let raft: Vec<u16> = (0..3).map(|_| free_port()).collect::<anyhow::Result<_>>()?;
+    let members: Vec<toml::Value> = (0..3)
+        .map(|i| {
+            let mut m = toml::Table::new();
+            m.insert("id".into(), format!("n{}", i + 1).into());
+            m.insert("raft".into(), format!("127.0.0.1:{}", raft[i]).into());
+            m.insert("sip".into(), plans[i].0.to_string().into());
+            m.insert("http".into(), plans[i].1.to_string().into());
+            m.insert("site".into(), "hq".into());
+            toml::Value::Table(m)
+        })
+        .collect();
+    let cluster_section = |i: usize| {
+        let mut c = toml::Table::new();
+        let n = format!("n{}", i + 1);
+        c.insert("listen".into(), format!("127.0.0.1:{}", raft[i]).into());
+        c.insert(
+            "ca".into(),
+            certs.join("ca.pem").display().to_string().into(),
+        );
+        c.insert(
+            "cert".into(),
+            certs.join(format!("{n}.pem")).display().to_string().into(),
+        );
+        c.insert(
+            "key".into(),
+            certs.join(format!("{n}.key")).display().to_string().into(),
+        );
+        c.insert("members".into(), toml::Value::Array(members.clone()));
+        toml::Value::Table(c)
+    };
+    let set_node = |t: &mut toml::Table, i: usize| {
+        if let Some(toml::Value::Table(node)) = t.get_mut("node") {
+            node.insert("id".into(), format!("n{}", i + 1).into());
+            node.insert("site".into(), "hq".into());
+        }
+        t.insert("cluster".into(), cluster_section(i));
+    };
+    set_node(config, 0);
+    for (k, mut peer) in peers.into_iter().enumerate() {
+        let i = k + 1;
+        set_node(&mut peer, i);
+        let dir = work.join(format!("n{}", i + 1));
+        let path = dir.join("node.toml");
+        fs::write(&path, toml::to_string(&peer)?)?;
+        let log = fs::File::create(dir.join("node.log"))?;
+        let child = Command::new(bin)
+            .arg("run")
+            .arg("--config")
+            .arg(&path)
+            .env(
+                "CARILLON_LOG",
+                std::env::var("CARILLON_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting cluster member n{}", i + 1))?;
+        procs.children.push(child);
+    }
+    Ok(())
+}
+
+/// Waits until the node reports a cluster leader on /ready.
+async fn wait_ready(http: &str, limit: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if crate::ctl::http_get(http, "/ready").await.is_ok() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("the cluster elected no leader within {} s", limit.as_secs());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 fn node_bin(args: &SipBenchArgs) -> anyhow::Result<PathBuf> {

@@ -3,6 +3,9 @@
 //! live queue changes), `carillon ctl` as its client, and `/metrics` parsed as
 //! Prometheus text with its series moving under SIPp calls.
 
+// tonic's results carry `Status` by value.
+#![allow(clippy::result_large_err)]
+
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -262,6 +265,38 @@ fn api_roles_refusals_and_audit() {
             hangup.message()
         );
 
+        // Server reflection lists every Carillon service (no token needed to discover).
+        let mut reflection =
+            tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient::new(
+                ch.clone(),
+            );
+        let ask = tonic_reflection::pb::v1::ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(
+                tonic_reflection::pb::v1::server_reflection_request::MessageRequest::ListServices(
+                    String::new(),
+                ),
+            ),
+        };
+        let mut answers = reflection
+            .server_reflection_info(tokio_stream_once(ask))
+            .await
+            .unwrap_or_else(|e| panic!("reflection: {e}"))
+            .into_inner();
+        let answer = answers
+            .message()
+            .await
+            .unwrap_or_else(|e| panic!("reflection answer: {e}"))
+            .unwrap_or_else(|| panic!("no reflection answer"));
+        let listed = format!("{:?}", answer.message_response);
+        for service in [
+            "carillon.v1.AgentService",
+            "carillon.v1.AuditService",
+            "carillon.v1.ClusterService",
+        ] {
+            assert!(listed.contains(service), "{service} not in {listed}");
+        }
+
         // Only admins read the audit log; it holds the refusals and the changes.
         assert_eq!(
             code(
@@ -379,6 +414,13 @@ fn http_get(addr: SocketAddr, path: &str) -> String {
         "GET {path}: chunked bodies are not expected here"
     );
     body.to_string()
+}
+
+/// A request stream of one message.
+fn tokio_stream_once<T: Send + 'static>(
+    msg: T,
+) -> impl tonic::codegen::tokio_stream::Stream<Item = T> + Send + 'static {
+    tonic::codegen::tokio_stream::iter([msg])
 }
 
 /// Runs `carillon ctl --node ADDR [--token T] ARGS...`; returns (success, stdout, stderr).
@@ -708,4 +750,47 @@ fn metrics_show_raft_in_a_cluster() {
     let f = scrape(cluster.node(follower));
     assert_eq!(value(&f, "carillon_raft_is_leader"), 0.0);
     assert!(value(&f, "carillon_raft_last_applied_index") >= 1.0);
+}
+
+#[test]
+fn api_over_tls() {
+    let certs = tempfile::tempdir().unwrap_or_else(|e| panic!("temp dir: {e}"));
+    let made = Command::new(carillon_bin())
+        .args(["certs", "--nodes", "n1", "--out"])
+        .arg(certs.path())
+        .output()
+        .unwrap_or_else(|e| panic!("carillon certs: {e}"));
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let mut spec = spec();
+    spec.set(
+        "grpc",
+        "tls_cert",
+        certs.path().join("n1.pem").display().to_string(),
+    )
+    .set(
+        "grpc",
+        "tls_key",
+        certs.path().join("n1.key").display().to_string(),
+    );
+    let node = Node::start(spec);
+    let addr = grpc_addr(&node);
+    let ca = certs.path().join("ca.pem").display().to_string();
+    let status = json(&ctl_ok(
+        addr,
+        ADMIN,
+        &["--ca", &ca, "--tls-name", "n1.carillon", "status"],
+    ));
+    assert_eq!(status["node"], "n1", "{status}");
+    // Plaintext to a TLS port fails, and says where to look.
+    let (ok, _, err) = ctl(addr, Some(ADMIN), &["status"]);
+    assert!(!ok, "plaintext reached a TLS API: {err}");
+    assert!(
+        node.log_tail().contains("gRPC API listening (TLS)"),
+        "{}",
+        node.log_tail()
+    );
 }
