@@ -209,11 +209,27 @@ impl Cluster {
         self.inner.reader.last_applied_index().unwrap_or(0)
     }
 
+    /// The current membership (a shared pointer: this runs for every INVITE and every
+    /// offer, so it must not copy the whole metrics).
+    fn membership(
+        &self,
+    ) -> std::sync::Arc<
+        carillon_consensus::openraft::type_config::alias::StoredMembershipOf<
+            carillon_consensus::types::TypeConfig,
+        >,
+    > {
+        self.inner
+            .raft
+            .metrics()
+            .borrow_watched()
+            .membership_config
+            .clone()
+    }
+
     /// A member's published addresses, from the current membership.
     pub fn member(&self, id: NodeId) -> Option<Member> {
-        let metrics = self.inner.raft.metrics().borrow_watched().clone();
-        let found = metrics
-            .membership_config
+        let membership = self.membership();
+        let found = membership
             .nodes()
             .find(|(nid, _)| **nid == id)
             .map(|(_, m)| m.clone());
@@ -223,10 +239,9 @@ impl Cluster {
     /// The member whose SIP address is `addr` (an inter-node leg's source), other than
     /// this node.
     pub fn peer_by_sip(&self, addr: std::net::SocketAddr) -> Option<NodeId> {
-        let metrics = self.inner.raft.metrics().borrow_watched().clone();
+        let membership = self.membership();
         let text = addr.to_string();
-        let found = metrics
-            .membership_config
+        let found = membership
             .nodes()
             .find(|(id, m)| **id != self.inner.id && m.sip_addr == text)
             .map(|(id, _)| *id);

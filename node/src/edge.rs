@@ -328,27 +328,14 @@ async fn invite(shared: Arc<Shared>, mut tx: Transaction) {
         .map(|c| c.value().to_string())
         .unwrap_or_default();
     let call_id = shared.next_call_id();
-    let contact: rsip::Uri = match shared.sip.contact_uri(None).as_str().try_into() {
-        Ok(u) => u,
-        Err(_) => {
+    let (mut dialog, state_rx) = match shared.sip.server_dialog(&tx) {
+        Ok(x) => x,
+        Err(e) => {
+            warn!(error = %e, "cannot create the caller dialog");
             sip::reply(&mut tx, StatusCode::ServerInternalError, vec![]).await;
             return;
         }
     };
-    let (state_tx, state_rx) = shared.sip.dialogs.new_dialog_state_channel();
-    let mut dialog =
-        match shared
-            .sip
-            .dialogs
-            .get_or_create_server_invite(&tx, state_tx, None, Some(contact))
-        {
-            Ok(d) => d,
-            Err(e) => {
-                warn!(error = %e, "cannot create the caller dialog");
-                sip::reply(&mut tx, StatusCode::ServerInternalError, vec![]).await;
-                return;
-            }
-        };
     let caller_dialog = dialog.clone();
     let events = shared.routing.subscribe(&call_id);
     let ct = Header::ContentType("application/sdp".into());

@@ -56,24 +56,14 @@ pub async fn run(shared: Arc<Shared>, mut tx: Transaction, peer: u64) {
             return;
         };
         let owner_media = offer.audio_addr();
-        let Ok(contact) = rsip::Uri::try_from(shared.sip.contact_uri(None).as_str()) else {
-            sip::reply(&mut tx, StatusCode::ServerInternalError, vec![]).await;
-            return;
+        let (mut server, owner_states) = match shared.sip.server_dialog(&tx) {
+            Ok(x) => x,
+            Err(e) => {
+                warn!(error = %e, "cannot create the inter-node dialog");
+                sip::reply(&mut tx, StatusCode::ServerInternalError, vec![]).await;
+                return;
+            }
         };
-        let (state_tx, owner_states) = shared.sip.dialogs.new_dialog_state_channel();
-        let mut server =
-            match shared
-                .sip
-                .dialogs
-                .get_or_create_server_invite(&tx, state_tx, None, Some(contact))
-            {
-                Ok(d) => d,
-                Err(e) => {
-                    warn!(error = %e, "cannot create the inter-node dialog");
-                    sip::reply(&mut tx, StatusCode::ServerInternalError, vec![]).await;
-                    return;
-                }
-            };
         let owner_dialog: InviteDialog = server.clone();
         let offer_to_phone = sdp::offer(phone_port.local_addr(), &[codec], now_ms());
         let options = match agent_invite(

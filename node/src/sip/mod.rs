@@ -110,6 +110,22 @@ impl SipStack {
         }
     }
 
+    /// The server dialog for a new INVITE, with our Contact, and the channel its state
+    /// changes arrive on (CANCEL, BYE, re-INVITE).
+    pub fn server_dialog(
+        &self,
+        tx: &Transaction,
+    ) -> Result<(InviteDialog, DialogStateReceiver), String> {
+        let contact = rsip::Uri::try_from(self.contact_uri(None).as_str())
+            .map_err(|e| format!("our own contact URI: {e}"))?;
+        let (state_tx, state_rx) = self.dialogs.new_dialog_state_channel();
+        let dialog = self
+            .dialogs
+            .get_or_create_server_invite(tx, state_tx, None, Some(contact))
+            .map_err(|e| e.to_string())?;
+        Ok((dialog, state_rx))
+    }
+
     pub fn shutdown(&self) {
         self.cancel.cancel();
         self.endpoint.shutdown();
