@@ -197,6 +197,20 @@ impl Cluster {
         self.inner.raft.metrics().borrow_watched().current_leader
     }
 
+    /// Resolves once Raft's view of the leader differs from `current` (never, if the
+    /// metrics channel closes: the caller's own deadline ends the wait).
+    async fn leader_other_than(&self, current: Option<NodeId>) {
+        let mut metrics = self.inner.raft.metrics();
+        loop {
+            if metrics.borrow_watched().current_leader != current {
+                return;
+            }
+            if metrics.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
     pub fn is_leader(&self) -> bool {
         self.leader() == Some(self.inner.id)
     }
@@ -270,19 +284,34 @@ impl Cluster {
                 }
                 Some(leader) => match self.member(leader) {
                     Some(m) => {
-                        match self
-                            .inner
-                            .transport
-                            .forward(leader, &m.raft_addr, proposal.clone())
-                            .await
-                        {
-                            Ok(applied) => return Ok(applied),
-                            Err(e) => last_error = format!("forwarding to n{leader}: {e}"),
+                        // A leader that died mid-call would hold this attempt for the whole
+                        // peer timeout; as soon as Raft names a new leader, go to it instead.
+                        let forward =
+                            self.inner
+                                .transport
+                                .forward(leader, &m.raft_addr, proposal.clone());
+                        tokio::select! {
+                            answer = forward => match answer {
+                                Ok(applied) => return Ok(applied),
+                                Err(e) => last_error = format!("forwarding to n{leader}: {e}"),
+                            },
+                            () = self.leader_other_than(Some(leader)) => {
+                                last_error = format!("n{leader} stopped leading");
+                                continue;
+                            }
                         }
                     }
                     None => last_error = format!("leader n{leader} is not in the membership"),
                 },
-                None => {}
+                None => {
+                    // Wake as soon as an election ends rather than polling blindly.
+                    let _ = tokio::time::timeout(
+                        Duration::from_millis(PROPOSE_RETRY_MS * 4),
+                        self.leader_other_than(None),
+                    )
+                    .await;
+                    continue;
+                }
             }
             tokio::time::sleep(Duration::from_millis(PROPOSE_RETRY_MS)).await;
         }

@@ -9,7 +9,6 @@
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
@@ -18,7 +17,7 @@ use toml::{Table, Value as Toml};
 use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
 
-use crate::harness::{agent_phone, agents_csv, register, Node, NodeSpec, Sipp};
+use crate::harness::{agent_phone, agents_csv, carillon_bin, ctl, register, Node, NodeSpec, Sipp};
 
 const ADMIN: &str = "admin-token-0001";
 const SUPERVISOR: &str = "super-token-0001";
@@ -374,21 +373,6 @@ fn api_roles_refusals_and_audit() {
     });
 }
 
-/// The `carillon` binary, found as the harness finds it ($CARILLON_BIN, else beside the
-/// test executable).
-fn carillon_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("CARILLON_BIN") {
-        return PathBuf::from(p);
-    }
-    let exe = std::env::current_exe().unwrap_or_default();
-    exe.ancestors()
-        .skip(1)
-        .take(3)
-        .map(|d| d.join("carillon"))
-        .find(|c| c.is_file())
-        .unwrap_or_else(|| panic!("carillon binary not found near {}", exe.display()))
-}
-
 /// GET `path` over HTTP/1.1 and return the body of a 200 (panics otherwise).
 fn http_get(addr: SocketAddr, path: &str) -> String {
     let timeout = Some(Duration::from_millis(CALL_TIMEOUT_MS));
@@ -421,25 +405,6 @@ fn tokio_stream_once<T: Send + 'static>(
     msg: T,
 ) -> impl tonic::codegen::tokio_stream::Stream<Item = T> + Send + 'static {
     tonic::codegen::tokio_stream::iter([msg])
-}
-
-/// Runs `carillon ctl --node ADDR [--token T] ARGS...`; returns (success, stdout, stderr).
-fn ctl(addr: SocketAddr, token: Option<&str>, args: &[&str]) -> (bool, String, String) {
-    let bin = carillon_bin();
-    let mut cmd = Command::new(&bin);
-    cmd.arg("ctl").arg("--node").arg(addr.to_string());
-    if let Some(t) = token {
-        cmd.arg("--token").arg(t);
-    }
-    cmd.args(args).env_remove("CARILLON_TOKEN");
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("running {}: {e}", bin.display()));
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 fn ctl_ok(addr: SocketAddr, token: &str, args: &[&str]) -> String {

@@ -15,13 +15,35 @@ mod ports;
 mod sipp;
 
 use std::fs;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::Duration;
 
 pub use cluster::TestCluster;
-pub use node::{workspace_dir, Node, NodeSpec};
+pub use node::{carillon_bin, workspace_dir, Node, NodeSpec};
 pub use ports::free_port;
 pub use sipp::{Sipp, SippOutcome, SippProcess};
+
+/// Runs `carillon ctl --node ADDR [--token T] ARGS...` (no token from the environment);
+/// returns (success, stdout, stderr).
+pub fn ctl(addr: SocketAddr, token: Option<&str>, args: &[&str]) -> (bool, String, String) {
+    let bin = carillon_bin();
+    let mut cmd = Command::new(&bin);
+    cmd.arg("ctl").arg("--node").arg(addr.to_string());
+    if let Some(t) = token {
+        cmd.arg("--token").arg(t);
+    }
+    cmd.args(args).env_remove("CARILLON_TOKEN");
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("running {}: {e}", bin.display()));
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
 
 /// Registrations per second SIPp sends (the node answers each with 401, then 200).
 const REGISTER_RATE_PER_S: u32 = 200;

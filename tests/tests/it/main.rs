@@ -9,6 +9,7 @@ mod agent_hangup;
 mod api;
 mod calls_bulk;
 mod cluster;
+mod cluster_membership;
 mod example_single_node;
 mod malformed;
 mod overload;

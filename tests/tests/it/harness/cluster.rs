@@ -17,30 +17,49 @@ use super::node::{carillon_bin, Node, NodeSpec};
 use super::ports::free_port;
 
 /// A member's addresses, chosen before any member starts.
-struct Plan {
-    id: String,
-    site: String,
-    sip: SocketAddr,
-    http: SocketAddr,
-    grpc: SocketAddr,
-    raft: SocketAddr,
+#[derive(Clone)]
+pub struct Plan {
+    pub id: String,
+    pub site: String,
+    pub sip: SocketAddr,
+    pub http: SocketAddr,
+    pub grpc: SocketAddr,
+    pub raft: SocketAddr,
 }
 
 pub struct TestCluster {
-    /// `None` once a member was killed and dropped.
+    /// `None` once a member was killed and dropped (or, for a spare, not started yet).
     pub nodes: Vec<Option<Node>>,
-    _certs: tempfile::TempDir,
+    /// Every planned member's addresses: the founders first, then the spares.
+    pub plans: Vec<Plan>,
+    /// The founders' `[[cluster.members]]`, given to every member's config.
+    members: Toml,
+    certs: tempfile::TempDir,
 }
 
 impl TestCluster {
     /// Starts one member per entry of `sites` (n1 at sites[0]...) and waits for a leader.
     /// `tune` edits each member's spec (index, spec) before it starts.
-    pub fn start(sites: &[&str], mut tune: impl FnMut(usize, &mut NodeSpec)) -> TestCluster {
+    pub fn start(sites: &[&str], tune: impl FnMut(usize, &mut NodeSpec)) -> TestCluster {
+        TestCluster::start_with_spares(sites, &[], tune)
+    }
+
+    /// Like [`TestCluster::start`], and plans (certificates and addresses, not started)
+    /// one more member per entry of `spare_sites`, to join later with
+    /// [`TestCluster::start_spare`] and `ctl cluster add-node`.
+    pub fn start_with_spares(
+        sites: &[&str],
+        spare_sites: &[&str],
+        mut tune: impl FnMut(usize, &mut NodeSpec),
+    ) -> TestCluster {
+        let founders = sites.len();
+        let sites: Vec<&str> = sites.iter().chain(spare_sites).copied().collect();
+        let total = sites.len();
         let certs = tempfile::Builder::new()
             .prefix("carillon-it-certs-")
             .tempdir()
             .unwrap_or_else(|e| panic!("creating a temp dir: {e}"));
-        let names: Vec<String> = (1..=sites.len()).map(|i| format!("n{i}")).collect();
+        let names: Vec<String> = (1..=total).map(|i| format!("n{i}")).collect();
         make_certs(certs.path(), &names);
         let plans: Vec<Plan> = names
             .iter()
@@ -55,7 +74,7 @@ impl TestCluster {
             })
             .collect();
         let members = Toml::Array(
-            plans
+            plans[..founders]
                 .iter()
                 .map(|p| {
                     let mut m = Table::new();
@@ -68,38 +87,53 @@ impl TestCluster {
                 })
                 .collect(),
         );
-        let mut nodes = Vec::new();
-        for (i, p) in plans.iter().enumerate() {
-            // Every member starts from n1's example: the same cast, its own addresses.
-            let mut spec = NodeSpec::from_example("cluster/n1.toml");
-            spec.with_test_cast();
-            spec.set("node", "id", p.id.clone())
-                .set("node", "site", p.site.clone())
-                .set("sip", "listen", p.sip.to_string())
-                .set("http", "listen", p.http.to_string())
-                .set("grpc", "listen", p.grpc.to_string())
-                .set("cluster", "listen", p.raft.to_string())
-                .set("cluster", "ca", cert_path(certs.path(), "ca.pem"))
-                .set(
-                    "cluster",
-                    "cert",
-                    cert_path(certs.path(), &format!("{}.pem", p.id)),
-                )
-                .set(
-                    "cluster",
-                    "key",
-                    cert_path(certs.path(), &format!("{}.key", p.id)),
-                )
-                .set("cluster", "members", members.clone());
-            tune(i, &mut spec);
-            nodes.push(Some(Node::start_as_given(spec)));
-        }
-        let cluster = TestCluster {
-            nodes,
-            _certs: certs,
+        let mut cluster = TestCluster {
+            nodes: Vec::new(),
+            plans,
+            members,
+            certs,
         };
+        for i in 0..founders {
+            let mut spec = cluster.spec(i);
+            tune(i, &mut spec);
+            cluster.nodes.push(Some(Node::start_as_given(spec)));
+        }
+        cluster.nodes.extend((founders..total).map(|_| None));
         cluster.wait_leader(Duration::from_secs(20));
         cluster
+    }
+
+    /// Starts planned spare member `i` (not bootstrapping: it waits to be added).
+    pub fn start_spare(&mut self, i: usize) -> &Node {
+        assert!(self.nodes[i].is_none(), "member n{} already runs", i + 1);
+        let mut spec = self.spec(i);
+        spec.set("cluster", "bootstrap", false);
+        self.nodes[i] = Some(Node::start_as_given(spec));
+        self.node(i)
+    }
+
+    /// Member `i`'s config: n1's example with the test cast and its own addresses.
+    fn spec(&self, i: usize) -> NodeSpec {
+        let p = &self.plans[i];
+        let certs = self.certs.path();
+        let members = self.members.clone();
+        let mut spec = NodeSpec::from_example("cluster/n1.toml");
+        spec.with_test_cast();
+        spec.set("node", "id", p.id.clone())
+            .set("node", "site", p.site.clone())
+            .set("sip", "listen", p.sip.to_string())
+            .set("http", "listen", p.http.to_string())
+            .set("grpc", "listen", p.grpc.to_string())
+            .set("cluster", "listen", p.raft.to_string())
+            .set("cluster", "ca", cert_path(certs, "ca.pem"))
+            .set(
+                "cluster",
+                "cert",
+                cert_path(certs, &format!("{}.pem", p.id)),
+            )
+            .set("cluster", "key", cert_path(certs, &format!("{}.key", p.id)))
+            .set("cluster", "members", members);
+        spec
     }
 
     pub fn node(&self, i: usize) -> &Node {
