@@ -54,7 +54,8 @@ pub struct NetLimits {
     pub backoff_max_ms: u64,
     /// Incoming connections served at once (a cluster needs one per peer).
     pub connections_max: usize,
-    /// Streams (RPCs in flight) a peer may open at once on one connection.
+    /// Streams (RPCs in flight) a peer may open at once on one connection. A busy
+    /// follower forwards a few proposals per call; hundreds may be in flight at once.
     pub streams_per_connection_max: u32,
     /// A connection with no traffic for this long is closed (keep-alives run at a third).
     pub idle_timeout_ms: u64,
@@ -70,7 +71,7 @@ impl Default for NetLimits {
             rpc_timeout_ms: 5_000,
             backoff_max_ms: 5_000,
             connections_max: 64,
-            streams_per_connection_max: 64,
+            streams_per_connection_max: 1024,
             idle_timeout_ms: 10_000,
         }
     }

@@ -37,6 +37,7 @@ use redb::{Database, ReadableDatabase, TableDefinition};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, Mutex};
 
+use crate::dedup::Dedup;
 use crate::log_store::{blocking, db_err, decode, encode, StoreError};
 use crate::types::{Applied, Proposal, TypeConfig};
 
@@ -55,7 +56,7 @@ const KEY_CURRENT: &str = "current";
 
 /// The snapshot encoding this build writes and reads; bump it when [`SnapshotBody`]
 /// changes shape.
-const SNAPSHOT_FORMAT: u32 = 1;
+const SNAPSHOT_FORMAT: u32 = 2;
 
 /// One applied routing entry, as the node hears it on the events channel.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -71,6 +72,7 @@ struct SmState {
     acd: Acd,
     last_applied: Option<LogId>,
     last_membership: Membership,
+    dedup: Dedup,
 }
 
 impl SmState {
@@ -79,6 +81,7 @@ impl SmState {
             acd: Acd::new(),
             last_applied: None,
             last_membership: StoredMembership::default(),
+            dedup: Dedup::default(),
         }
     }
 }
@@ -90,6 +93,7 @@ struct SnapshotBodyRef<'a> {
     last_applied: &'a Option<LogId>,
     last_membership: &'a Membership,
     acd: &'a Acd,
+    dedup: &'a Dedup,
 }
 
 #[derive(Deserialize)]
@@ -99,6 +103,7 @@ struct SnapshotBody {
     last_applied: Option<LogId>,
     last_membership: Membership,
     acd: Acd,
+    dedup: Dedup,
 }
 
 impl SnapshotBody {
@@ -215,6 +220,7 @@ impl StateMachineStore {
                     acd: body.acd,
                     last_applied: body.last_applied,
                     last_membership: body.last_membership,
+                    dedup: body.dedup,
                 };
                 let current = CurrentSnapshot {
                     meta,
@@ -266,18 +272,31 @@ impl StateMachineStore {
             }
             EntryPayload::Normal(proposal) => {
                 let wanted = self.inner.events.is_some().then(|| proposal.clone());
-                let applied = match proposal {
-                    Proposal::Routing(cmd) => match state.acd.apply(cmd) {
-                        Ok(events) => Applied {
-                            events,
-                            refused: None,
-                        },
-                        Err(e) => Applied {
-                            events: Vec::new(),
-                            refused: Some(e.to_string()),
-                        },
+                let (id, cmd) = match proposal {
+                    Proposal::Routing(cmd) => (None, cmd),
+                    Proposal::Once { id, command } => (Some(id), command),
+                };
+                if let Some(first) = id.as_ref().and_then(|id| state.dedup.seen(id)) {
+                    // A repeat: answer as the first time; the node already heard its events.
+                    let applied = Applied {
+                        events: Vec::new(),
+                        refused: first.clone(),
+                    };
+                    return Ok((applied, None));
+                }
+                let applied = match state.acd.apply(cmd) {
+                    Ok(events) => Applied {
+                        events,
+                        refused: None,
+                    },
+                    Err(e) => Applied {
+                        events: Vec::new(),
+                        refused: Some(e.to_string()),
                     },
                 };
+                if let Some(id) = id {
+                    state.dedup.record(id, applied.refused.clone());
+                }
                 let note = wanted.map(|proposal| AppliedEntry {
                     index: log_id.index,
                     proposal,
@@ -297,6 +316,7 @@ impl StateMachineStore {
             last_applied: &state.last_applied,
             last_membership: &state.last_membership,
             acd: &state.acd,
+            dedup: &state.dedup,
         };
         let bytes = encode("snapshot", &body)?;
         let meta = SnapshotMeta {
@@ -371,6 +391,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 acd: body.acd,
                 last_applied: body.last_applied,
                 last_membership: body.last_membership,
+                dedup: body.dedup,
             };
         }
         *current = Some(CurrentSnapshot {

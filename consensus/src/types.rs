@@ -34,12 +34,36 @@ impl fmt::Display for Member {
 pub enum Proposal {
     /// A routing command for the ACD.
     Routing(Command),
+    /// A routing command applied at most once however often it is proposed: a proposer
+    /// that lost the answer (a forward timed out, the leader died) proposes it again under
+    /// the same id, and a replica that already applied it answers with the first result.
+    Once { id: ProposalId, command: Command },
+}
+
+impl Proposal {
+    pub fn command(&self) -> &Command {
+        match self {
+            Proposal::Routing(cmd) | Proposal::Once { command: cmd, .. } => cmd,
+        }
+    }
+}
+
+/// Names one proposal for de-duplication: the proposing node, that node's run (a number
+/// it picks at start, so a restart never reuses an id) and a counter within the run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ProposalId {
+    pub node: NodeId,
+    pub run: u64,
+    pub seq: u64,
 }
 
 impl fmt::Display for Proposal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Proposal::Routing(cmd) => write!(f, "routing {cmd:?}"),
+            Proposal::Once { id, command } => {
+                write!(f, "routing n{}/{}/{} {command:?}", id.node, id.run, id.seq)
+            }
         }
     }
 }

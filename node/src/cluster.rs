@@ -7,6 +7,7 @@
 //! call tasks), the Raft protocol and its storage (`carillon-consensus`).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,7 +16,7 @@ use carillon_consensus::network::{NetLimits, RaftTransport};
 use carillon_consensus::openraft::type_config::async_runtime::WatchReceiver;
 use carillon_consensus::state_machine::{AcdReader, AppliedEntry, StateMachineStore};
 use carillon_consensus::tls::NodeTls;
-use carillon_consensus::types::{Applied, Member, NodeId, Proposal, Raft};
+use carillon_consensus::types::{Applied, Member, NodeId, Proposal, ProposalId, Raft};
 use carillon_routing::{Acd, Command};
 use serde::Serialize;
 use tokio::sync::mpsc;
@@ -53,6 +54,11 @@ pub struct Cluster {
 
 struct Inner {
     id: NodeId,
+    /// This run of the node (ms since the epoch at start): proposal ids never repeat
+    /// across restarts.
+    run: u64,
+    /// The next proposal's number within this run.
+    seq: AtomicU64,
     raft: Raft,
     transport: RaftTransport,
     reader: AcdReader,
@@ -168,6 +174,8 @@ impl Cluster {
             Cluster {
                 inner: Arc::new(Inner {
                     id,
+                    run: crate::clock::now_ms(),
+                    seq: AtomicU64::new(0),
                     raft,
                     transport,
                     reader,
@@ -264,7 +272,15 @@ impl Cluster {
 
     /// Commits one routing command, through the leader wherever it is.
     pub async fn propose(&self, cmd: Command) -> Result<(), ProposeError> {
-        let applied = self.propose_raw(Proposal::Routing(cmd)).await?;
+        let id = ProposalId {
+            node: self.inner.id,
+            run: self.inner.run,
+            seq: self.inner.seq.fetch_add(1, Ordering::Relaxed),
+        };
+        // One id for every attempt: a retry after a lost answer is applied at most once.
+        let applied = self
+            .propose_raw(Proposal::Once { id, command: cmd })
+            .await?;
         match applied.refused {
             Some(why) => Err(ProposeError::Refused(why)),
             None => Ok(()),
@@ -406,6 +422,8 @@ impl Cluster {
         let known = metrics.membership_config.nodes().any(|(n, _)| *n == id);
         anyhow::ensure!(known, "n{id} is not a member of this cluster");
         if is_voter {
+            // retain = false drops the node with its vote in one change: a leader removing
+            // itself steps down after this, so no second change may follow.
             self.inner
                 .raft
                 .change_membership(
@@ -414,6 +432,7 @@ impl Cluster {
                 )
                 .await
                 .with_context(|| format!("removing voter n{id}"))?;
+            return Ok(());
         }
         self.inner
             .raft

@@ -8,6 +8,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
+use carillon_routing::{
+    Acd, Command, EscalationStep, ExitAction, OpenHours, QueueConfig, RoutingSettings, Schedule,
+    Strategy, Vip, LEVEL_MAX, VIPS_MAX,
+};
 use serde::Deserialize;
 
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +52,18 @@ pub struct Config {
     pub numbers: Vec<NumberConfig>,
     #[serde(default)]
     pub blacklist: Blacklist,
+    /// Caller numbers with a dedicated account manager.
+    #[serde(default)]
+    pub vip: Vec<VipConfig>,
+    /// Cluster-wide routing rules (missed offers, fairness, last-agent affinity).
+    #[serde(default)]
+    pub routing: RoutingSection,
+    /// How voicemail exits take their messages.
+    #[serde(default)]
+    pub voicemail: VoicemailSection,
+    /// Callback in queue; absent: callers cannot ask to be called back.
+    #[serde(default)]
+    pub callback: Option<CallbackSection>,
     /// Present when the node is one member of a Raft cluster; absent, the node runs
     /// standalone with an in-process routing log.
     #[serde(default)]
@@ -161,6 +177,105 @@ pub struct QueueSection {
     /// do (0: any site at once; a local agent is still preferred among free ones).
     #[serde(default)]
     pub local_wait_s: f64,
+    /// The priority of calls entering here when their number sets none (higher first).
+    #[serde(default)]
+    pub priority: u32,
+    /// Minimum level (1-10) of `skill`; 0 or absent: any level.
+    #[serde(default)]
+    pub min_level: u8,
+    /// Further required skills, `name` or `name:level`.
+    #[serde(default)]
+    pub extra_skills: Vec<String>,
+    /// Steps that lower the required level as a call waits, `after_s` increasing.
+    #[serde(default)]
+    pub escalation: Vec<EscalationConfig>,
+    /// longest_idle (default), round_robin, fewest_calls, least_talk_time, top_down,
+    /// random, ring_all.
+    #[serde(default)]
+    pub strategy: Option<String>,
+    /// For top_down: agent ids in the order they are tried.
+    #[serde(default)]
+    pub agent_order: Vec<String>,
+    /// Cross-queue fairness weight (with `routing.fairness`); 0 means 1.
+    #[serde(default)]
+    pub weight: u32,
+    /// A call waiting this long takes `max_wait_action` (0: no limit).
+    #[serde(default)]
+    pub max_wait_s: f64,
+    #[serde(default)]
+    pub max_wait_action: Option<ExitActionConfig>,
+    /// A call arriving when this many wait takes `queue_full_action` (0: no limit).
+    #[serde(default)]
+    pub queue_len_max: usize,
+    #[serde(default)]
+    pub queue_full_action: Option<ExitActionConfig>,
+    /// Move calls to `overflow_to` after this long (0: never by time)...
+    #[serde(default)]
+    pub overflow_after_s: f64,
+    /// ...or when no logged-in agent could ever take them.
+    #[serde(default)]
+    pub overflow_when_no_agents: bool,
+    #[serde(default)]
+    pub overflow_to: Option<String>,
+    /// Opening hours; absent: always open.
+    #[serde(default)]
+    pub schedule: Option<ScheduleConfig>,
+    /// What a call arriving outside the schedule's hours gets (default: hang up).
+    #[serde(default)]
+    pub after_hours_action: Option<ExitActionConfig>,
+    /// Attempts to reach a callback's customer before giving up (0 means 1).
+    #[serde(default)]
+    pub callback_attempts_max: u32,
+    /// Least time between two callback attempts.
+    #[serde(default)]
+    pub callback_gap_s: f64,
+}
+
+/// One escalation step: from `after_s` of waiting on, agents at `min_level` or above will do.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EscalationConfig {
+    pub after_s: f64,
+    pub min_level: u8,
+}
+
+/// What a call that leaves a queue without an agent gets: `action = "voicemail"` (into
+/// `mailbox`, default the queue's name), `"hangup"` (after `prompt`, a WAV, if given) or
+/// `"queue"` (moves to `queue`, keeping its arrival time).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExitActionConfig {
+    pub action: String,
+    #[serde(default)]
+    pub mailbox: Option<String>,
+    #[serde(default)]
+    pub prompt: Option<PathBuf>,
+    #[serde(default)]
+    pub queue: Option<String>,
+}
+
+/// A queue's opening hours in its time zone.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleConfig {
+    /// IANA zone name (`Europe/Paris`); default UTC.
+    #[serde(default = "default_time_zone")]
+    pub time_zone: String,
+    #[serde(default)]
+    pub hours: Vec<HoursConfig>,
+    /// Closed all day, local dates `YYYY-MM-DD`.
+    #[serde(default)]
+    pub holidays: Vec<String>,
+}
+
+/// `days = "mon-fri"` (or `"sat"`, `"mon,wed,fri"`), `open = "09:00"`, `close = "17:30"`
+/// (`"24:00"` for midnight).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HoursConfig {
+    pub days: String,
+    pub open: String,
+    pub close: String,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -168,6 +283,116 @@ pub struct QueueSection {
 pub struct NumberConfig {
     pub number: String,
     pub queue: String,
+    /// Priority of calls to this number (higher first); absent: the queue's.
+    #[serde(default)]
+    pub priority: Option<u32>,
+    /// Replaces the queue's required skills for these calls (`name` or `name:level`).
+    #[serde(default)]
+    pub skills: Vec<String>,
+}
+
+/// A VIP caller: waits up to `wait_s` for `agent`, then queues at `priority`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VipConfig {
+    pub caller: String,
+    #[serde(default)]
+    pub agent: String,
+    #[serde(default)]
+    pub wait_s: f64,
+    #[serde(default)]
+    pub priority: u32,
+}
+
+/// Cluster-wide routing rules.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoutingSection {
+    /// Missed offers in a row before an agent goes not ready `no-answer`.
+    #[serde(default = "default_missed_offers")]
+    pub missed_offers_max: u32,
+    /// Serve the longest weighted wait first across queues (within a priority).
+    #[serde(default)]
+    pub fairness: bool,
+    /// A caller served within this many days goes first to the same agent (0: off)...
+    #[serde(default)]
+    pub affinity_days: u32,
+    /// ...if that agent is ready within this long.
+    #[serde(default)]
+    pub affinity_wait_s: f64,
+    #[serde(default = "default_affinity_callers")]
+    pub affinity_callers_max: usize,
+}
+
+impl Default for RoutingSection {
+    fn default() -> Self {
+        RoutingSection {
+            missed_offers_max: default_missed_offers(),
+            fairness: false,
+            affinity_days: 0,
+            affinity_wait_s: 0.0,
+            affinity_callers_max: default_affinity_callers(),
+        }
+    }
+}
+
+/// Voicemail: the greeting, the beep, the longest message. Messages go to
+/// `<data_dir>/voicemail/<mailbox>/<call id>.wav` with a JSON sidecar.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VoicemailSection {
+    /// A WAV greeting played before the beep (absent: the beep only).
+    #[serde(default)]
+    pub prompt: Option<PathBuf>,
+    #[serde(default = "default_true")]
+    pub beep: bool,
+    #[serde(default = "default_message_length")]
+    pub max_length_s: f64,
+    /// New messages are refused (the caller hears the greeting, then is hung up on) once
+    /// the mailboxes hold this much.
+    #[serde(default = "default_voicemail_disk")]
+    pub disk_limit_mb: u64,
+}
+
+/// Callback in queue: a waiting caller presses `key`, may type a number and `#` (else their
+/// own number is kept), and hangs up keeping their place; at their turn the node calls the
+/// agent, then the number through `gateway`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallbackSection {
+    /// Where callback numbers are dialled: `sip:<number>@gateway`.
+    pub gateway: SocketAddr,
+    /// The DTMF key that asks for a callback (0-9, `*`, A-D).
+    #[serde(default = "default_callback_key")]
+    pub key: String,
+    /// After the key, the caller's number is complete at `#` or after this long without a
+    /// digit.
+    #[serde(default = "default_digit_timeout")]
+    pub digit_timeout_s: f64,
+    /// How long the customer's phone rings before the attempt counts as unanswered.
+    #[serde(default = "default_customer_ring")]
+    pub ring_timeout_s: f64,
+    /// Longest number a caller may type.
+    #[serde(default = "default_number_digits")]
+    pub number_digits_max: usize,
+}
+
+impl CallbackSection {
+    /// The key as a character (validated at load).
+    pub fn key_char(&self) -> char {
+        self.key.chars().next().unwrap_or('*')
+    }
+}
+
+impl Default for VoicemailSection {
+    fn default() -> Self {
+        VoicemailSection {
+            prompt: None,
+            beep: true,
+            max_length_s: default_message_length(),
+            disk_limit_mb: default_voicemail_disk(),
+        }
+    }
 }
 
 /// The node's place in a cluster: its Raft transport, its certificates, the members.
@@ -238,6 +463,33 @@ fn default_ring_timeout() -> f64 {
 }
 fn default_true() -> bool {
     true
+}
+fn default_time_zone() -> String {
+    "UTC".into()
+}
+fn default_missed_offers() -> u32 {
+    1
+}
+fn default_affinity_callers() -> usize {
+    100_000
+}
+fn default_message_length() -> f64 {
+    120.0
+}
+fn default_voicemail_disk() -> u64 {
+    1024
+}
+fn default_callback_key() -> String {
+    "*".into()
+}
+fn default_digit_timeout() -> f64 {
+    5.0
+}
+fn default_customer_ring() -> f64 {
+    30.0
+}
+fn default_number_digits() -> usize {
+    20
 }
 // openraft lets a follower campaign only after one leader lease (= the election timeout
 // maximum) plus its own election timeout, so a leader's death is noticed after
@@ -526,8 +778,20 @@ impl Config {
         if let Some(grpc) = &self.grpc {
             validate_grpc(grpc, &bad)?;
         }
+        for (i, q) in self.queues.iter().enumerate() {
+            self.validate_queue_rules(i, q, &queues, &bad)?;
+        }
+        for (i, group) in self.agents.iter().enumerate() {
+            for skill in &group.skills {
+                parse_skill(skill).map_err(|p| bad(format!("agents[{i}].skills"), p))?;
+            }
+        }
+        self.validate_routing(&agents, &bad)?;
         let mut numbers = BTreeSet::new();
         for (i, n) in self.numbers.iter().enumerate() {
+            for skill in &n.skills {
+                parse_skill(skill).map_err(|p| bad(format!("numbers[{i}].skills"), p))?;
+            }
             if n.number.is_empty() {
                 return Err(bad(
                     format!("numbers[{i}].number"),
@@ -551,7 +815,316 @@ impl Config {
     }
 }
 
+/// Longest voicemail message accepted in config.
+pub const MESSAGE_LENGTH_S_MAX: f64 = 3600.0;
+/// Routing's bounds on a queue's escalation steps and schedule spans (checked here too, so
+/// the error names the key).
+const ESCALATION_STEPS_MAX: usize = 16;
+const HOURS_MAX: usize = 64;
+/// Longest wait-type duration accepted in config (a day).
+const WAIT_S_MAX: f64 = 86_400.0;
+
 impl Config {
+    /// The queue's settings as routing takes them (validated at load).
+    pub fn routing_queue(&self, q: &QueueSection) -> QueueConfig {
+        let action = |a: &Option<ExitActionConfig>| {
+            a.as_ref()
+                .and_then(|a| self.exit_action(&q.name, a).ok())
+                .unwrap_or_default()
+        };
+        QueueConfig {
+            name: q.name.clone(),
+            skill: q.skill.clone(),
+            wrapup_ms: secs_ms(q.wrapup_s),
+            ring_timeout_ms: secs_ms(q.ring_timeout_s),
+            local_wait_ms: secs_ms(q.local_wait_s),
+            min_level: q.min_level,
+            extra_skills: q.extra_skills.clone(),
+            escalation: q
+                .escalation
+                .iter()
+                .map(|e| EscalationStep {
+                    after_ms: secs_ms(e.after_s),
+                    min_level: e.min_level,
+                })
+                .collect(),
+            strategy: q
+                .strategy
+                .as_deref()
+                .and_then(|s| parse_strategy(s).ok())
+                .unwrap_or_default(),
+            agent_order: q.agent_order.clone(),
+            weight: q.weight,
+            max_wait_ms: secs_ms(q.max_wait_s),
+            max_wait_action: action(&q.max_wait_action),
+            queue_len_max: q.queue_len_max,
+            queue_full_action: action(&q.queue_full_action),
+            overflow_after_ms: secs_ms(q.overflow_after_s),
+            overflow_when_no_agents: q.overflow_when_no_agents,
+            overflow_to: q.overflow_to.clone().unwrap_or_default(),
+            schedule: q.schedule.as_ref().and_then(|s| parse_schedule(s).ok()),
+            after_hours_action: action(&q.after_hours_action),
+            callback_attempts_max: q.callback_attempts_max,
+            callback_gap_ms: secs_ms(q.callback_gap_s),
+        }
+    }
+
+    /// `[routing]` as routing takes it.
+    pub fn routing_settings(&self) -> RoutingSettings {
+        let r = &self.routing;
+        RoutingSettings {
+            missed_offers_max: r.missed_offers_max,
+            fairness: r.fairness,
+            affinity_days: r.affinity_days,
+            affinity_wait_ms: secs_ms(r.affinity_wait_s),
+            affinity_callers_max: r.affinity_callers_max,
+        }
+    }
+
+    /// `[[vip]]` as (caller, VIP) pairs.
+    pub fn routing_vips(&self) -> Vec<(String, Vip)> {
+        self.vip
+            .iter()
+            .map(|v| {
+                let vip = Vip {
+                    agent: v.agent.clone(),
+                    wait_ms: secs_ms(v.wait_s),
+                    priority: v.priority,
+                };
+                (v.caller.clone(), vip)
+            })
+            .collect()
+    }
+
+    /// The priority and skill override of a call to `dialled` that enters `queue`.
+    pub fn call_routing(&self, dialled: &str, queue: &str) -> (u32, Vec<String>) {
+        let number = self.numbers.iter().find(|n| n.number == dialled);
+        let queue_priority = self
+            .queues
+            .iter()
+            .find(|q| q.name == queue)
+            .map_or(0, |q| q.priority);
+        let priority = number.and_then(|n| n.priority).unwrap_or(queue_priority);
+        let skills = number.map(|n| n.skills.clone()).unwrap_or_default();
+        (priority, skills)
+    }
+
+    /// The voicemail greeting's path, if one is configured.
+    pub fn voicemail_prompt_path(&self) -> Option<PathBuf> {
+        self.voicemail.prompt.as_ref().map(|p| self.resolve(p))
+    }
+
+    fn exit_action(&self, queue: &str, a: &ExitActionConfig) -> Result<ExitAction, String> {
+        match a.action.as_str() {
+            "voicemail" => {
+                let mailbox = a.mailbox.clone().unwrap_or_else(|| queue.to_string());
+                check_mailbox(&mailbox)?;
+                Ok(ExitAction::Voicemail { mailbox })
+            }
+            "hangup" => Ok(ExitAction::Hangup {
+                prompt: a
+                    .prompt
+                    .as_ref()
+                    .map(|p| self.resolve(p).display().to_string())
+                    .unwrap_or_default(),
+            }),
+            "queue" => match &a.queue {
+                Some(q) if self.queues.iter().any(|x| &x.name == q) => {
+                    Ok(ExitAction::Queue { queue: q.clone() })
+                }
+                Some(q) => Err(format!("no queue named `{q}` (define it under [[queues]])")),
+                None => Err("action \"queue\" needs `queue`, the queue to move to".into()),
+            },
+            other => Err(format!(
+                "action `{other}` is not one of voicemail, hangup, queue"
+            )),
+        }
+    }
+
+    fn validate_queue_rules(
+        &self,
+        i: usize,
+        q: &QueueSection,
+        queues: &BTreeMap<String, usize>,
+        bad: &dyn Fn(String, String) -> ConfigError,
+    ) -> Result<(), ConfigError> {
+        let key = |k: &str| format!("queues[{i}].{k}");
+        let secs = |k: &str, v: f64| {
+            if (0.0..=WAIT_S_MAX).contains(&v) {
+                Ok(())
+            } else {
+                Err(bad(
+                    key(k),
+                    format!("must be between 0 and {WAIT_S_MAX} seconds"),
+                ))
+            }
+        };
+        secs("max_wait_s", q.max_wait_s)?;
+        secs("overflow_after_s", q.overflow_after_s)?;
+        secs("callback_gap_s", q.callback_gap_s)?;
+        if q.min_level > LEVEL_MAX {
+            return Err(bad(key("min_level"), "must be 0 to 10".into()));
+        }
+        parse_skill(&q.skill).map_err(|p| bad(key("skill"), p))?;
+        for s in &q.extra_skills {
+            parse_skill(s).map_err(|p| bad(key("extra_skills"), p))?;
+        }
+        if q.escalation.len() > ESCALATION_STEPS_MAX {
+            return Err(bad(
+                key("escalation"),
+                format!("at most {ESCALATION_STEPS_MAX} steps"),
+            ));
+        }
+        let mut last = -1.0;
+        for (j, step) in q.escalation.iter().enumerate() {
+            let k = format!("queues[{i}].escalation[{j}]");
+            if !(0.0..=WAIT_S_MAX).contains(&step.after_s) || step.after_s <= last {
+                return Err(bad(
+                    format!("{k}.after_s"),
+                    "must be 0 to 86400 seconds and greater than the step before".into(),
+                ));
+            }
+            last = step.after_s;
+            if !(1..=LEVEL_MAX).contains(&step.min_level) {
+                return Err(bad(format!("{k}.min_level"), "must be 1 to 10".into()));
+            }
+        }
+        if let Some(s) = &q.strategy {
+            parse_strategy(s).map_err(|p| bad(key("strategy"), p))?;
+        }
+        for (k, action) in [
+            ("max_wait_action", &q.max_wait_action),
+            ("queue_full_action", &q.queue_full_action),
+            ("after_hours_action", &q.after_hours_action),
+        ] {
+            if let Some(a) = action {
+                self.exit_action(&q.name, a).map_err(|p| bad(key(k), p))?;
+            }
+        }
+        match &q.overflow_to {
+            Some(to) if to == &q.name => {
+                return Err(bad(
+                    key("overflow_to"),
+                    "a queue cannot overflow to itself".into(),
+                ))
+            }
+            Some(to) if !queues.contains_key(to) => {
+                return Err(bad(
+                    key("overflow_to"),
+                    format!("no queue named `{to}` (define it under [[queues]])"),
+                ))
+            }
+            None if q.overflow_after_s > 0.0 || q.overflow_when_no_agents => {
+                return Err(bad(
+                    key("overflow_to"),
+                    "is required with overflow_after_s or overflow_when_no_agents".into(),
+                ))
+            }
+            _ => {}
+        }
+        if let Some(s) = &q.schedule {
+            parse_schedule(s).map_err(|(k, p)| bad(format!("queues[{i}].schedule.{k}"), p))?;
+        }
+        // Last, routing's own checks (time zone names among them) on the whole config.
+        let mut scratch = Acd::new();
+        let cmd = Command::ConfigureQueue {
+            queue: self.routing_queue(q),
+            at: 0,
+        };
+        if let Err(e) = scratch.apply(cmd) {
+            return Err(bad(format!("queues[{i}]"), e.to_string()));
+        }
+        Ok(())
+    }
+
+    fn validate_routing(
+        &self,
+        agents: &BTreeSet<String>,
+        bad: &dyn Fn(String, String) -> ConfigError,
+    ) -> Result<(), ConfigError> {
+        let r = &self.routing;
+        if !(0.0..=WAIT_S_MAX).contains(&r.affinity_wait_s) {
+            return Err(bad(
+                "routing.affinity_wait_s".into(),
+                "must be between 0 and 86400 seconds".into(),
+            ));
+        }
+        if r.affinity_days > 3650 {
+            return Err(bad(
+                "routing.affinity_days".into(),
+                "must be 0 (off) to 3650 days".into(),
+            ));
+        }
+        if r.affinity_callers_max == 0 {
+            return Err(bad(
+                "routing.affinity_callers_max".into(),
+                "must be at least 1".into(),
+            ));
+        }
+        if self.vip.len() > VIPS_MAX {
+            return Err(bad("vip".into(), format!("at most {VIPS_MAX} VIP callers")));
+        }
+        let mut callers = BTreeSet::new();
+        for (i, v) in self.vip.iter().enumerate() {
+            if v.caller.is_empty() || !callers.insert(v.caller.as_str()) {
+                return Err(bad(
+                    format!("vip[{i}].caller"),
+                    "must be set, and listed once".into(),
+                ));
+            }
+            if !v.agent.is_empty() && !agents.contains(&v.agent) {
+                return Err(bad(
+                    format!("vip[{i}].agent"),
+                    format!("no agent `{}` under [[agents]]", v.agent),
+                ));
+            }
+            if !(0.0..=WAIT_S_MAX).contains(&v.wait_s) {
+                return Err(bad(
+                    format!("vip[{i}].wait_s"),
+                    "must be between 0 and 86400 seconds".into(),
+                ));
+            }
+        }
+        if let Some(cb) = &self.callback {
+            let mut key = cb.key.chars();
+            match (key.next(), key.next()) {
+                (Some(k), None) if "0123456789*ABCD".contains(k) => {}
+                _ => {
+                    return Err(bad(
+                        "callback.key".into(),
+                        "must be one DTMF key: 0-9, `*` or A-D (`#` ends the number)".into(),
+                    ))
+                }
+            }
+            if !(0.5..=60.0).contains(&cb.digit_timeout_s) {
+                return Err(bad(
+                    "callback.digit_timeout_s".into(),
+                    "must be between 0.5 and 60 seconds".into(),
+                ));
+            }
+            if !(1.0..=300.0).contains(&cb.ring_timeout_s) {
+                return Err(bad(
+                    "callback.ring_timeout_s".into(),
+                    "must be between 1 and 300 seconds".into(),
+                ));
+            }
+            if !(1..=32).contains(&cb.number_digits_max) {
+                return Err(bad(
+                    "callback.number_digits_max".into(),
+                    "must be 1 to 32".into(),
+                ));
+            }
+        }
+        let m = self.voicemail.max_length_s;
+        if !(1.0..=MESSAGE_LENGTH_S_MAX).contains(&m) {
+            return Err(bad(
+                "voicemail.max_length_s".into(),
+                format!("must be between 1 and {MESSAGE_LENGTH_S_MAX} seconds"),
+            ));
+        }
+        Ok(())
+    }
+
     /// This node's numeric Raft id (validated at load when a cluster is configured).
     pub fn node_number(&self) -> Option<u64> {
         parse_node_id(&self.node.id)
@@ -709,6 +1282,149 @@ fn validate_grpc(
         }
     }
     Ok(())
+}
+
+fn secs_ms(s: f64) -> u64 {
+    // Validated non-negative and bounded, so the cast neither wraps nor saturates.
+    (s * 1000.0).round() as u64
+}
+
+/// Checks `name` or `name:level` (level 1-10).
+fn parse_skill(text: &str) -> Result<(), String> {
+    let (name, level) = match text.rsplit_once(':') {
+        Some((n, l)) => (n, Some(l)),
+        None => (text, None),
+    };
+    if name.trim().is_empty() {
+        return Err(format!("`{text}`: the skill name is empty"));
+    }
+    if let Some(l) = level {
+        match l.parse::<u8>() {
+            Ok(l) if (1..=LEVEL_MAX).contains(&l) => {}
+            _ => return Err(format!("`{text}`: the level after `:` must be 1 to 10")),
+        }
+    }
+    Ok(())
+}
+
+fn parse_strategy(text: &str) -> Result<Strategy, String> {
+    Ok(match text {
+        "longest_idle" => Strategy::LongestIdle,
+        "round_robin" => Strategy::RoundRobin,
+        "fewest_calls" => Strategy::FewestCalls,
+        "least_talk_time" => Strategy::LeastTalkTime,
+        "top_down" => Strategy::TopDown,
+        "random" => Strategy::Random,
+        "ring_all" => Strategy::RingAll,
+        other => {
+            return Err(format!(
+                "`{other}` is not one of longest_idle, round_robin, fewest_calls, \
+                 least_talk_time, top_down, random, ring_all"
+            ))
+        }
+    })
+}
+
+/// A mailbox names a directory: keep it to a plain file name.
+fn check_mailbox(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "mailbox `{name}` must be 1-64 letters, digits, `-`, `_` or `.` (not starting with `.`)"
+        ))
+    }
+}
+
+/// `[queues.schedule]` as routing takes it; errors name the sub-key.
+fn parse_schedule(s: &ScheduleConfig) -> Result<Schedule, (String, String)> {
+    let mut hours = Vec::new();
+    for (j, h) in s.hours.iter().enumerate() {
+        let key = |k: &str| format!("hours[{j}].{k}");
+        let days = parse_days(&h.days).map_err(|p| (key("days"), p))?;
+        let open = parse_clock(&h.open).map_err(|p| (key("open"), p))?;
+        let close = parse_clock(&h.close).map_err(|p| (key("close"), p))?;
+        if open >= close {
+            return Err((key("close"), "must be later than `open`".into()));
+        }
+        for weekday in days {
+            hours.push(OpenHours {
+                weekday,
+                open_min: open,
+                close_min: close,
+            });
+        }
+    }
+    if hours.len() > HOURS_MAX {
+        return Err(("hours".into(), format!("at most {} day spans", HOURS_MAX)));
+    }
+    for d in &s.holidays {
+        let parts: Vec<&str> = d.split('-').collect();
+        let ok = parts.len() == 3
+            && parts[0].len() == 4
+            && parts[1].len() == 2
+            && parts[2].len() == 2
+            && parts.iter().all(|p| p.bytes().all(|b| b.is_ascii_digit()));
+        if !ok {
+            return Err(("holidays".into(), format!("`{d}` is not a date YYYY-MM-DD")));
+        }
+    }
+    Ok(Schedule {
+        time_zone: s.time_zone.clone(),
+        hours,
+        holidays: s.holidays.clone(),
+    })
+}
+
+const WEEKDAYS: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
+
+/// `mon-fri`, `sat`, `mon,wed,fri` or `daily` to weekdays 1 (Monday) to 7.
+fn parse_days(text: &str) -> Result<Vec<u8>, String> {
+    let day = |d: &str| {
+        let d = d.trim().to_ascii_lowercase();
+        WEEKDAYS
+            .iter()
+            .position(|w| d.starts_with(w))
+            .and_then(|p| u8::try_from(p + 1).ok())
+            .ok_or_else(|| format!("`{d}` is not a weekday (mon, tue, ... sun)"))
+    };
+    if text.trim().eq_ignore_ascii_case("daily") {
+        return Ok((1..=7).collect());
+    }
+    let mut out = Vec::new();
+    for part in text.split(',') {
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b) = (day(a)?, day(b)?);
+                if a > b {
+                    return Err(format!("`{part}` must run Monday-wards to Sunday"));
+                }
+                out.extend(a..=b);
+            }
+            None => out.push(day(part)?),
+        }
+    }
+    out.sort_unstable();
+    out.dedup();
+    Ok(out)
+}
+
+/// `HH:MM` (00:00 to 24:00) to minutes after midnight.
+fn parse_clock(text: &str) -> Result<u16, String> {
+    let bad = || format!("`{text}` is not a time HH:MM between 00:00 and 24:00");
+    let (h, m) = text.trim().split_once(':').ok_or_else(bad)?;
+    let h: u16 = h.parse().map_err(|_| bad())?;
+    let m: u16 = m.parse().map_err(|_| bad())?;
+    if h > 24 || m > 59 || h * 60 + m > 1440 {
+        return Err(bad());
+    }
+    Ok(h * 60 + m)
 }
 
 fn parse_range(text: &str) -> Result<(u64, u64), String> {
@@ -874,6 +1590,155 @@ site = "branch"
         assert_eq!(parse_node_id("7"), Some(7));
         assert_eq!(parse_node_id("nx"), None);
         assert_eq!(parse_node_id(""), None);
+    }
+
+    const ROUTING: &str = r#"
+[[queues]]
+name = "sales"
+skill = "sales"
+min_level = 8
+extra_skills = ["french:3"]
+escalation = [{ after_s = 30, min_level = 5 }, { after_s = 60, min_level = 1 }]
+strategy = "round_robin"
+priority = 2
+max_wait_s = 600
+max_wait_action = { action = "voicemail", mailbox = "sales-box" }
+queue_len_max = 50
+queue_full_action = { action = "queue", queue = "support" }
+overflow_after_s = 120
+overflow_to = "support"
+after_hours_action = { action = "hangup", prompt = "closed.wav" }
+callback_attempts_max = 3
+callback_gap_s = 60
+[queues.schedule]
+time_zone = "Europe/Paris"
+hours = [{ days = "mon-fri", open = "09:00", close = "17:30" }, { days = "sat", open = "10:00", close = "12:00" }]
+holidays = ["2025-12-25"]
+[[numbers]]
+number = "200"
+queue = "sales"
+priority = 7
+skills = ["sales:9"]
+[[vip]]
+caller = "5551234"
+agent = "2001"
+wait_s = 20
+priority = 9
+[routing]
+missed_offers_max = 3
+fairness = true
+affinity_days = 30
+affinity_wait_s = 10
+[voicemail]
+max_length_s = 60
+"#;
+
+    #[test]
+    fn routing_rules_load_and_convert() {
+        let text = format!(
+            "{}{ROUTING}",
+            GOOD.replace("\"support\"]", "\"support:7\"]")
+        );
+        let c = load(&text).expect("valid routing config");
+        let sales = c.routing_queue(&c.queues[1]);
+        assert_eq!(sales.min_level, 8);
+        assert_eq!(sales.escalation.len(), 2);
+        assert_eq!(sales.escalation[0].after_ms, 30_000);
+        assert_eq!(sales.strategy, Strategy::RoundRobin);
+        assert_eq!(
+            sales.max_wait_action,
+            ExitAction::Voicemail {
+                mailbox: "sales-box".into()
+            }
+        );
+        assert_eq!(
+            sales.queue_full_action,
+            ExitAction::Queue {
+                queue: "support".into()
+            }
+        );
+        assert_eq!(
+            sales.after_hours_action,
+            ExitAction::Hangup {
+                prompt: "/etc/carillon/closed.wav".into()
+            }
+        );
+        let schedule = sales.schedule.expect("schedule");
+        assert_eq!(schedule.hours.len(), 6, "five weekdays and Saturday");
+        assert_eq!(schedule.hours[0].open_min, 9 * 60);
+        assert_eq!(schedule.hours[0].close_min, 17 * 60 + 30);
+        assert_eq!(sales.callback_gap_ms, 60_000);
+        assert_eq!(
+            c.call_routing("200", "sales"),
+            (7, vec!["sales:9".to_string()])
+        );
+        assert_eq!(c.call_routing("100", "support"), (0, vec![]));
+        assert_eq!(c.call_routing("999", "sales"), (2, vec![]));
+        let settings = c.routing_settings();
+        assert_eq!(settings.missed_offers_max, 3);
+        assert!(settings.fairness);
+        assert_eq!(settings.affinity_wait_ms, 10_000);
+        let vips = c.routing_vips();
+        assert_eq!(vips[0].0, "5551234");
+        assert_eq!(vips[0].1.wait_ms, 20_000);
+        // Defaults keep the old behaviour.
+        let plain = load(GOOD).expect("valid");
+        assert_eq!(plain.routing_settings(), RoutingSettings::default());
+        assert_eq!(plain.routing_queue(&plain.queues[0]).schedule, None);
+        assert_eq!(plain.voicemail.max_length_s, 120.0);
+    }
+
+    #[test]
+    fn routing_errors_name_the_key() {
+        let base = format!("{GOOD}{ROUTING}");
+        let err = |from: &str, to: &str| {
+            assert!(base.contains(from), "{from}");
+            load(&base.replacen(from, to, 1)).expect_err(to).to_string()
+        };
+        let e = err("min_level = 8", "min_level = 11");
+        assert!(e.contains("queues[1].min_level"), "{e}");
+        let e = err("after_s = 60", "after_s = 20");
+        assert!(e.contains("queues[1].escalation[1].after_s"), "{e}");
+        let e = err("\"round_robin\"", "\"fastest\"");
+        assert!(e.contains("queues[1].strategy"), "{e}");
+        let e = err("queue = \"support\" }", "queue = \"nowhere\" }");
+        assert!(e.contains("queues[1].queue_full_action"), "{e}");
+        let e = err("mailbox = \"sales-box\"", "mailbox = \"../x\"");
+        assert!(e.contains("queues[1].max_wait_action"), "{e}");
+        let e = err("action = \"hangup\"", "action = \"explode\"");
+        assert!(e.contains("queues[1].after_hours_action"), "{e}");
+        let e = err("overflow_to = \"support\"", "overflow_to = \"sales\"");
+        assert!(e.contains("queues[1].overflow_to"), "{e}");
+        let e = err("\"mon-fri\"", "\"mon-funday\"");
+        assert!(e.contains("queues[1].schedule.hours[0].days"), "{e}");
+        let e = err("close = \"17:30\"", "close = \"08:00\"");
+        assert!(e.contains("queues[1].schedule.hours[0].close"), "{e}");
+        let e = err("\"2025-12-25\"", "\"25/12/2025\"");
+        assert!(e.contains("queues[1].schedule.holidays"), "{e}");
+        let e = err("\"Europe/Paris\"", "\"Mars/Olympus\"");
+        assert!(e.contains("queues[1]") && e.contains("time_zone"), "{e}");
+        let e = err("[\"sales:9\"]", "[\"sales:0\"]");
+        assert!(e.contains("numbers[1].skills"), "{e}");
+        let e = err("agent = \"2001\"", "agent = \"9999\"");
+        assert!(e.contains("vip[0].agent"), "{e}");
+        let e = err("max_length_s = 60", "max_length_s = 0");
+        assert!(e.contains("voicemail.max_length_s"), "{e}");
+        let e = err("affinity_wait_s = 10", "affinity_wait_s = -1");
+        assert!(e.contains("routing.affinity_wait_s"), "{e}");
+        let e = load(&GOOD.replace("[\"support\"]", "[\"support:12\"]")).expect_err("level");
+        assert!(e.to_string().contains("agents[0].skills"), "{e}");
+    }
+
+    #[test]
+    fn days_and_clock_parse() {
+        assert_eq!(parse_days("mon-fri").expect("range"), vec![1, 2, 3, 4, 5]);
+        assert_eq!(parse_days("sun,sat").expect("list"), vec![6, 7]);
+        assert_eq!(parse_days("daily").expect("daily").len(), 7);
+        assert!(parse_days("fri-mon").is_err());
+        assert_eq!(parse_clock("24:00"), Ok(1440));
+        assert!(parse_clock("24:01").is_err());
+        assert!(parse_clock("9999:00").is_err());
+        assert!(parse_clock("9").is_err());
     }
 
     #[test]

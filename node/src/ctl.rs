@@ -178,6 +178,23 @@ pub enum CtlCmd {
         #[command(subcommand)]
         action: AuditCmd,
     },
+    /// Voicemail messages left by callers (supervisor tokens).
+    Voicemail {
+        #[command(subcommand)]
+        action: VoicemailCmd,
+    },
+}
+
+#[derive(clap::Subcommand)]
+pub enum VoicemailCmd {
+    /// Messages, oldest first.
+    List {
+        /// One mailbox (a queue's mailbox is named after the queue unless configured).
+        #[arg(long)]
+        queue: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(clap::Subcommand)]
@@ -418,6 +435,9 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
         CtlCmd::Audit {
             action: AuditCmd::List { json, limit },
         } => audit_list(&t, json, limit).await,
+        CtlCmd::Voicemail {
+            action: VoicemailCmd::List { queue, json },
+        } => voicemail_list(&t, queue.unwrap_or_default(), json).await,
     }
 }
 
@@ -844,6 +864,54 @@ pub async fn audit_list(t: &Target, json: bool, limit: usize) -> anyhow::Result<
         entries.len(),
         if entries.len() == 1 { "y" } else { "ies" }
     );
+    Ok(())
+}
+
+/// `ctl voicemail list`: messages with caller, mailbox, start, length and file.
+pub async fn voicemail_list(t: &Target, mailbox: String, json: bool) -> anyhow::Result<()> {
+    let reply = t
+        .connect()
+        .await?
+        .records()
+        .list_voicemail(pb::ListVoicemailRequest { mailbox })
+        .await
+        .map_err(explain)?
+        .into_inner();
+    let rows: Vec<serde_json::Value> = reply
+        .messages
+        .iter()
+        .map(|m| {
+            serde_json::json!({
+                "call_id": m.call_id,
+                "mailbox": m.mailbox,
+                "caller": m.caller,
+                "dialled": m.dialled,
+                "queue": m.queue,
+                "start_ms": m.start_ms,
+                "duration_ms": m.duration_ms,
+                "path": m.path,
+            })
+        })
+        .collect();
+    if json {
+        return print_json(&rows);
+    }
+    println!(
+        "{:<28} {:<12} {:<14} {:<14} {:>8}  FILE",
+        "CALL ID", "MAILBOX", "CALLER", "START MS", "LENGTH S"
+    );
+    for m in &reply.messages {
+        println!(
+            "{:<28} {:<12} {:<14} {:<14} {:>8.1}  {}",
+            m.call_id,
+            truncate(&m.mailbox, 12),
+            truncate(&m.caller, 14),
+            m.start_ms,
+            m.duration_ms as f64 / 1000.0,
+            m.path
+        );
+    }
+    println!("{} message(s)", reply.messages.len());
     Ok(())
 }
 

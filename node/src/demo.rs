@@ -1,18 +1,22 @@
 //! `carillon demo`: a complete contact center on this machine, shown live.
 //!
 //! One node starts in-process on free loopback ports with a temporary data
-//! directory; simulated agent phones register over real SIP; a simulated trunk
-//! places calls to number 100 at the requested rate (Poisson arrivals); every
-//! second the screen shows calls and agents; at the end (Ctrl-C or
-//! `--duration`) a summary is printed from the node's CDRs.
+//! directory (or, with `--nodes 3`, a three-node Raft cluster: see
+//! `demo_cluster`); simulated agent phones register over real SIP, spread
+//! over the nodes; a simulated trunk at every node places calls to number 100
+//! at the requested total rate (Poisson arrivals, taken by the nodes in turn);
+//! every second the screen shows calls and agents; at the end (Ctrl-C or
+//! `--duration`) a summary is printed from the nodes' CDRs.
 //!
 //! Callers stay on the line for a random 8-25 s, or 2-8 s for the impatient
 //! fifth who abandon; agents ring 0.5-2.5 s and talk 5-20 s. The seed fixes
 //! those draws; wall-clock scheduling still varies between runs.
 //!
 //! What this leaves to others: the node's behaviour (node, call, edge), the
-//! phones (sim).
+//! phones (sim), the cluster's addresses, certificates and live view
+//! (`demo_cluster`).
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::io::{IsTerminal, Write as _};
 use std::net::SocketAddr;
@@ -28,14 +32,14 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::node::{Node, NodeHandle};
-use crate::sim::caller::CallPlan;
+use crate::sim::caller::{CallPlan, CallerStats};
 use crate::sim::rng::SimRng;
 use crate::sim::rtp::Audio;
 use crate::sim::{AgentPhone, AgentPhoneConfig, Caller, CallerConfig};
 
 /// The number callers dial and the queue behind it.
 const DEMO_NUMBER: &str = "100";
-const DEMO_QUEUE: &str = "support";
+pub(crate) const DEMO_QUEUE: &str = "support";
 /// Agent ids run from 1001 up; a three-digit suffix allows 999 of them.
 const AGENT_ID_BASE: u32 = 1000;
 const AGENTS_MAX: u32 = 999;
@@ -69,6 +73,10 @@ pub struct DemoArgs {
     /// Seed for arrivals, patience, ring and talk times.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Nodes to run: 1, or 3 for a Raft cluster (n1 and n2 at site hq on 127.0.0.1 and
+    /// 127.0.0.2, n3 at site branch on 127.0.0.3) with agents and callers at every node.
+    #[arg(long, default_value_t = 1)]
+    pub nodes: u32,
 }
 
 impl Default for DemoArgs {
@@ -78,6 +86,7 @@ impl Default for DemoArgs {
             agents: 10,
             cps: 1.0,
             seed: 1,
+            nodes: 1,
         }
     }
 }
@@ -124,6 +133,29 @@ pub struct DemoReport {
     pub rtp_relayed: u64,
     pub agent_calls_answered: u64,
     pub phone_rtp_received: u64,
+    /// One entry per node when the demo ran a cluster; empty for a single node.
+    pub nodes: Vec<NodeReport>,
+    /// Answered calls whose agent's phone was registered at another node than the
+    /// one that owned the call (None for a single node).
+    pub crossed_nodes: Option<usize>,
+}
+
+/// One cluster member's share of a demo run.
+#[derive(Debug, Clone, Default)]
+pub struct NodeReport {
+    /// `n1`, `n2`, `n3`.
+    pub name: String,
+    pub site: String,
+    /// Agent phones registered at this node (at the end of the load).
+    pub agents_registered: usize,
+    /// Calls the trunk at this node placed.
+    pub calls_placed: u64,
+    /// CDRs this node wrote (calls it owned), and how they ended.
+    pub cdrs: usize,
+    pub answered: usize,
+    pub abandoned: usize,
+    /// Of `answered`, those taken by an agent registered at another node.
+    pub crossed_out: usize,
 }
 
 impl DemoReport {
@@ -164,6 +196,8 @@ impl DemoReport {
                 .sum(),
             agent_calls_answered: phones.iter().map(|p| p.stats().calls_answered).sum(),
             phone_rtp_received: phones.iter().map(|p| p.stats().rtp_received).sum(),
+            nodes: Vec::new(),
+            crossed_nodes: None,
         }
     }
 
@@ -202,6 +236,33 @@ impl DemoReport {
             "  agent phones: {} calls answered, {} RTP packets heard",
             self.agent_calls_answered, self.phone_rtp_received
         );
+        if let Some(crossed) = self.crossed_nodes {
+            let _ = writeln!(
+                s,
+                "  crossed nodes        {crossed} of {} answered (agent registered at another node)",
+                self.answered
+            );
+        }
+        if !self.nodes.is_empty() {
+            let _ = writeln!(
+                s,
+                "  per node             site     agents  placed  CDRs  answered  abandoned  crossed out"
+            );
+        }
+        for n in &self.nodes {
+            let _ = writeln!(
+                s,
+                "    {:<18} {:<8} {:>6}  {:>6}  {:>4}  {:>8}  {:>9}  {:>11}",
+                n.name,
+                n.site,
+                n.agents_registered,
+                n.calls_placed,
+                n.cdrs,
+                n.answered,
+                n.abandoned,
+                n.crossed_out
+            );
+        }
         s
     }
 }
@@ -219,19 +280,25 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
 pub async fn run_with(args: &DemoArgs, live: bool) -> anyhow::Result<DemoReport> {
     validate(args)?;
     let dir = DemoDir::create(args.seed)?;
-    let config = demo_config(args, dir.path())?;
-    let node = Node::start(config)
-        .await
-        .context("the demo node did not start")?;
+    let nodes = if args.nodes == 1 {
+        let config = demo_config(args, dir.path())?;
+        vec![Node::start(config)
+            .await
+            .context("the demo node did not start")?]
+    } else {
+        crate::demo_cluster::start_nodes(args, dir.path()).await?
+    };
     let cancel = CancellationToken::new();
-    let result = drive(args, &node, &cancel, live).await;
+    let result = drive(args, &nodes, &cancel, live).await;
     cancel.cancel();
-    node.shutdown().await;
+    for node in nodes {
+        node.shutdown().await;
+    }
     drop(dir);
     result
 }
 
-fn validate(args: &DemoArgs) -> anyhow::Result<()> {
+pub(crate) fn validate(args: &DemoArgs) -> anyhow::Result<()> {
     if args.agents == 0 || args.agents > AGENTS_MAX {
         anyhow::bail!("--agents {}: choose 1 to {AGENTS_MAX}", args.agents);
     }
@@ -246,29 +313,50 @@ fn validate(args: &DemoArgs) -> anyhow::Result<()> {
             "--duration 0: give at least one second, or leave it out to run until Ctrl-C"
         );
     }
+    if args.nodes != 1 && args.nodes as usize != crate::demo_cluster::CLUSTER_NODES {
+        anyhow::bail!(
+            "--nodes {}: choose 1 (one node) or {} (a cluster: two nodes at site hq, one at site branch)",
+            args.nodes,
+            crate::demo_cluster::CLUSTER_NODES
+        );
+    }
     Ok(())
 }
 
 async fn drive(
     args: &DemoArgs,
-    node: &NodeHandle,
+    nodes: &[NodeHandle],
     cancel: &CancellationToken,
     live: bool,
 ) -> anyhow::Result<DemoReport> {
     let mut rng = SimRng::new(args.seed);
-    let phones = start_phones(args, node.sip_addr(), &mut rng, cancel).await?;
+    let registrars: Vec<SocketAddr> = nodes.iter().map(NodeHandle::sip_addr).collect();
+    let phones = start_phones(args, &registrars, &mut rng, cancel).await?;
     let registered = phones.iter().filter(|p| p.stats().registered).count();
     if registered == 0 {
         anyhow::bail!(
-            "no agent phone could register with the demo node at {}",
-            node.sip_addr()
+            "no agent phone could register with the demo node(s) at {registrars:?}: \
+             run with CARILLON_LOG=info to see why"
         );
     }
+    // Where each agent's phone registered: node name by agent id.
+    let homes: HashMap<String, String> = phones
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let node = &nodes[i % nodes.len()];
+            (p.agent_id().to_string(), node.shared().node_id.clone())
+        })
+        .collect();
 
-    let mut caller_config = CallerConfig::new(node.sip_addr());
-    caller_config.seed = rng.next_u64();
-    caller_config.audio = Audio::Tone { hz: 350 };
-    let caller = Arc::new(Caller::start(caller_config, cancel).await?);
+    // One trunk per node, so every node owns calls of its own.
+    let mut callers = Vec::with_capacity(nodes.len());
+    for node in nodes {
+        let mut caller_config = CallerConfig::new(node.sip_addr());
+        caller_config.seed = rng.next_u64();
+        caller_config.audio = Audio::Tone { hz: 350 };
+        callers.push(Arc::new(Caller::start(caller_config, cancel).await?));
+    }
 
     let started = crate::clock::instant();
     let stop_at = args.duration.map(|s| started + Duration::from_secs(s));
@@ -294,7 +382,8 @@ async fn drive(
             } else {
                 call_no += 1;
                 let plan = call_plan(&mut arrivals, call_no);
-                let caller = caller.clone();
+                // The nodes take arrivals in turn: each trunk carries an equal share.
+                let caller = callers[(call_no as usize) % callers.len()].clone();
                 calls.spawn(async move { caller.call(&plan).await });
             }
             next_arrival += secs_f64(arrivals.exp_f64(1.0 / args.cps));
@@ -302,7 +391,13 @@ async fn drive(
         }
         if now >= next_draw {
             if live {
-                draw(node, &caller, &phones, now.duration_since(started), args);
+                let elapsed = now.duration_since(started);
+                let text = if nodes.len() == 1 {
+                    live_view(&nodes[0].status(), &callers[0], &phones, elapsed, args)
+                } else {
+                    crate::demo_cluster::live_view(nodes, &callers, &phones, &homes, elapsed, args)
+                };
+                draw(&text);
             }
             next_draw += Duration::from_secs(1);
         }
@@ -319,9 +414,11 @@ async fn drive(
         .duration_since(started)
         .as_secs_f64();
 
-    // Hang up whoever is still on the line, let the BYEs finish and the node
-    // write its records, then read them.
-    caller.stop();
+    // Hang up whoever is still on the line, let the BYEs finish and the nodes
+    // write their records, then read them.
+    for caller in &callers {
+        caller.stop();
+    }
     let drain = async { while calls.join_next().await.is_some() {} };
     if tokio::time::timeout(Duration::from_millis(DRAIN_MS), drain)
         .await
@@ -330,18 +427,52 @@ async fn drive(
         calls.abort_all();
     }
     tokio::time::sleep(Duration::from_millis(SETTLE_MS)).await;
-    let cdrs = node.cdrs();
-    let report = DemoReport::from_run(run_s, registered, &caller.stats(), skipped, &phones, &cdrs);
+    let per_node: Vec<Vec<Cdr>> = nodes.iter().map(NodeHandle::cdrs).collect();
+    let cdrs: Vec<Cdr> = per_node.iter().flatten().cloned().collect();
+    let caller_stats: Vec<CallerStats> = callers.iter().map(|c| c.stats()).collect();
+    let mut report = DemoReport::from_run(
+        run_s,
+        registered,
+        &sum_caller_stats(&caller_stats),
+        skipped,
+        &phones,
+        &cdrs,
+    );
+    if nodes.len() > 1 {
+        report.crossed_nodes = Some(crate::demo_cluster::crossed(&cdrs, &homes));
+        report.nodes = nodes
+            .iter()
+            .zip(&per_node)
+            .zip(&caller_stats)
+            .map(|((node, cdrs), placed)| {
+                crate::demo_cluster::node_report(node, cdrs, placed, &phones, &homes)
+            })
+            .collect();
+    }
     for phone in phones {
         phone.stop().await;
     }
     Ok(report)
 }
 
-/// Starts one phone per agent and waits (bounded) for them to register.
+fn sum_caller_stats(all: &[CallerStats]) -> CallerStats {
+    all.iter().fold(CallerStats::default(), |a, b| CallerStats {
+        calls_placed: a.calls_placed + b.calls_placed,
+        calls_connected: a.calls_connected + b.calls_connected,
+        calls_refused: a.calls_refused + b.calls_refused,
+        calls_active: a.calls_active + b.calls_active,
+        hangups_by_caller: a.hangups_by_caller + b.hangups_by_caller,
+        hangups_by_remote: a.hangups_by_remote + b.hangups_by_remote,
+        rtp_sent: a.rtp_sent + b.rtp_sent,
+        rtp_received: a.rtp_received + b.rtp_received,
+    })
+}
+
+/// Starts one phone per agent, registered at the registrars in turn (agent 1001 at the
+/// first, 1002 at the second...), and waits (bounded) for them to register.
 async fn start_phones(
     args: &DemoArgs,
-    registrar: SocketAddr,
+    registrars: &[SocketAddr],
     rng: &mut SimRng,
     cancel: &CancellationToken,
 ) -> anyhow::Result<Vec<AgentPhone>> {
@@ -349,7 +480,9 @@ async fn start_phones(
     for n in 1..=args.agents {
         let id = (AGENT_ID_BASE + n).to_string();
         let mut cfg = AgentPhoneConfig::new(id.clone(), format!("pw{id}"));
-        cfg.registrar = Some(registrar);
+        cfg.registrar = registrars
+            .get((n as usize - 1) % registrars.len().max(1))
+            .copied();
         cfg.register_expires_s = 120;
         cfg.ring_delay_ms = (500, 2_500);
         cfg.talk_time_ms = (5_000, 20_000);
@@ -385,15 +518,8 @@ fn secs_f64(s: f64) -> Duration {
     Duration::from_secs_f64(s.clamp(0.0, 3_600.0))
 }
 
-/// Draws the live view: clear (on a terminal) and print.
-fn draw(
-    node: &NodeHandle,
-    caller: &Caller,
-    phones: &[AgentPhone],
-    elapsed: Duration,
-    args: &DemoArgs,
-) {
-    let text = live_view(&node.status(), caller, phones, elapsed, args);
+/// Draws a live view: clear (on a terminal) and print.
+fn draw(text: &str) {
     let mut out = std::io::stdout().lock();
     if out.is_terminal() {
         // Clear the screen and home the cursor.
@@ -481,28 +607,57 @@ fn live_view(
 fn demo_config(args: &DemoArgs, dir: &Path) -> anyhow::Result<Config> {
     let sip_port =
         crate::bench::sip::free_port().context("no free UDP+TCP port on 127.0.0.1 for SIP")?;
+    let localhost = std::net::IpAddr::from([127, 0, 0, 1]);
+    let place = NodePlace {
+        id: "demo".to_string(),
+        site: "local".to_string(),
+        sip: SocketAddr::new(localhost, sip_port),
+        http: SocketAddr::new(localhost, 0),
+        rtp_ip: localhost,
+        data_dir: "data".to_string(),
+    };
+    let text = config_text(args, &hold_music(dir)?, &place);
+    Ok(Config::from_toml(
+        &text,
+        "demo (built in)",
+        dir.to_path_buf(),
+    )?)
+}
+
+/// Where one demo node listens and keeps its data.
+pub(crate) struct NodePlace {
+    pub id: String,
+    pub site: String,
+    pub sip: SocketAddr,
+    pub http: SocketAddr,
+    pub rtp_ip: std::net::IpAddr,
+    /// Relative to the demo's directory.
+    pub data_dir: String,
+}
+
+/// A demo node's config (TOML) at `place`, without any `[cluster]` section.
+pub(crate) fn config_text(args: &DemoArgs, hold: &Path, place: &NodePlace) -> String {
     let rtp_min = rtp_range_start(args.seed);
-    let hold = hold_music(dir)?;
     let last_agent = AGENT_ID_BASE + args.agents;
-    let text = format!(
+    format!(
         r#"
 [node]
-id = "demo"
-site = "local"
-data_dir = "data"
+id = {id}
+site = {site}
+data_dir = {data_dir}
 max_concurrent_calls = {calls_max}
 
 [sip]
-listen = "127.0.0.1:{sip_port}"
+listen = "{sip}"
 realm = "carillon"
 
 [rtp]
-ip = "127.0.0.1"
+ip = "{rtp_ip}"
 port_min = {rtp_min}
 port_max = {rtp_max}
 
 [http]
-listen = "127.0.0.1:0"
+listen = "{http}"
 
 [media]
 hold_music = {hold}
@@ -526,20 +681,21 @@ ring_timeout_s = 10
 number = "{DEMO_NUMBER}"
 queue = "{DEMO_QUEUE}"
 "#,
+        id = toml_string(&place.id),
+        site = toml_string(&place.site),
+        data_dir = toml_string(&place.data_dir),
+        sip = place.sip,
+        http = place.http,
+        rtp_ip = place.rtp_ip,
         calls_max = CALLS_IN_FLIGHT_MAX * 2,
         rtp_max = rtp_min + RTP_PORT_SPAN - 1,
         hold = toml_string(&hold.display().to_string()),
         first_agent = AGENT_ID_BASE + 1,
-    );
-    Ok(Config::from_toml(
-        &text,
-        "demo (built in)",
-        dir.to_path_buf(),
-    )?)
+    )
 }
 
 /// A TOML basic string with backslashes and quotes escaped.
-fn toml_string(s: &str) -> String {
+pub(crate) fn toml_string(s: &str) -> String {
     format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
 }
 
@@ -554,7 +710,7 @@ fn rtp_range_start(seed: u64) -> u16 {
 }
 
 /// The shipped hold music when run from a checkout, else a generated melody.
-fn hold_music(dir: &Path) -> anyhow::Result<PathBuf> {
+pub(crate) fn hold_music(dir: &Path) -> anyhow::Result<PathBuf> {
     let shipped = [
         PathBuf::from("examples/prompts/hold.wav"),
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/prompts/hold.wav"),
@@ -724,6 +880,7 @@ mod tests {
             agents: 3,
             cps: 1.5,
             seed: 7,
+            nodes: 1,
         };
         let report = run_with(&args, false).await.expect("demo runs");
         println!("{}", report.render());

@@ -1425,6 +1425,48 @@ impl pb::record_service_server::RecordService for Api {
             "recording queries are not implemented: calls are not recorded to disk yet",
         ))
     }
+    async fn list_voicemail(
+        &self,
+        req: Request<pb::ListVoicemailRequest>,
+    ) -> Result<Response<pb::ListVoicemailReply>, Status> {
+        let mailbox = req.get_ref().mailbox.clone();
+        check_text("mailbox", &mailbox, false)?;
+        self.authorize(
+            &req,
+            "RecordService.ListVoicemail",
+            Role::Supervisor,
+            &mailbox,
+        )?;
+        let boxes = crate::voicemail::Mailboxes::new(&self.shared.config.data_dir());
+        let wanted = (!mailbox.is_empty()).then_some(mailbox);
+        let listed = tokio::task::spawn_blocking(move || {
+            boxes.list(wanted.as_deref()).map(|list| (boxes, list))
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?;
+        let (boxes, list) = listed.map_err(|e| match e {
+            crate::voicemail::VoicemailError::BadMailbox(_) => {
+                Status::invalid_argument(e.to_string())
+            }
+            other => Status::internal(other.to_string()),
+        })?;
+        let root = boxes.root().to_path_buf();
+        Ok(Response::new(pb::ListVoicemailReply {
+            messages: list
+                .into_iter()
+                .map(|m| pb::Voicemail {
+                    path: root.join(&m.mailbox).join(&m.file).display().to_string(),
+                    call_id: m.call_id,
+                    mailbox: m.mailbox,
+                    caller: m.caller,
+                    dialled: m.dialled,
+                    queue: m.queue,
+                    start_ms: m.start_ms,
+                    duration_ms: m.duration_ms,
+                })
+                .collect(),
+        }))
+    }
 }
 
 #[tonic::async_trait]

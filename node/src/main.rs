@@ -49,6 +49,17 @@ enum Cmd {
     },
     /// Administer a running node through its gRPC API.
     Ctl(carillon::ctl::CtlArgs),
+    /// Fault injection: real node processes on loopback, checked against the invariants.
+    Chaos {
+        #[command(subcommand)]
+        what: ChaosCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum ChaosCmd {
+    /// Start a cluster behind fault proxies, inject faults under SIP load, check, report.
+    Run(carillon_chaos::ChaosArgs),
 }
 
 #[derive(Subcommand)]
@@ -91,7 +102,12 @@ async fn main() -> std::process::ExitCode {
             run(config).await
         }
         Cmd::Demo(args) => {
-            init_logs(cli.log_json, "warn,rsipstack=error");
+            // The live view is the output; a cluster's first election and its shutdown
+            // are expected, not worth a warning over it.
+            init_logs(
+                cli.log_json,
+                "warn,rsipstack=error,openraft=off,carillon_consensus=error",
+            );
             carillon::demo::run(args).await
         }
         Cmd::Bench {
@@ -129,6 +145,16 @@ async fn main() -> std::process::ExitCode {
         Cmd::Ctl(args) => {
             init_logs(cli.log_json, "warn");
             carillon::ctl::run(args).await
+        }
+        Cmd::Chaos {
+            what: ChaosCmd::Run(args),
+        } => {
+            init_logs(cli.log_json, "warn,carillon_chaos=info");
+            // The nodes it starts are this very binary.
+            match std::env::current_exe() {
+                Ok(exe) => carillon_chaos::run(args, exe).await.map(|_| ()),
+                Err(e) => Err(anyhow::anyhow!("cannot locate the carillon binary: {e}")),
+            }
         }
     };
     match result {

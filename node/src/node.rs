@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use carillon_media::{PortPool, Prompt};
 use carillon_ops::records::{Cdr, RecordStore, RedbRecordStore};
-use carillon_routing::{Command, Event, QueueConfig};
+use carillon_routing::{Command, Event};
 use serde::Serialize;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
@@ -47,6 +47,8 @@ pub struct Shared {
     registrar: Mutex<Registrar>,
     active_calls: AtomicUsize,
     call_seq: AtomicU64,
+    /// When this run started (ms since the epoch): names calls, and tells routing which
+    /// of this node's calls belong to an earlier run.
     epoch: u64,
 }
 
@@ -279,18 +281,20 @@ impl NodeHandle {
 
     pub async fn shutdown(self) {
         self.shared.sip.shutdown();
-        if let Some(cluster) = self.shared.routing.cluster() {
-            cluster.shutdown().await;
-        }
+        // Tasks first: lease renewals and ticks must not propose to a stopped Raft.
         for t in &self.tasks {
             t.abort();
+        }
+        if let Some(cluster) = self.shared.routing.cluster() {
+            cluster.shutdown().await;
         }
     }
 }
 
-/// The commands that put the configured queues (and, in a cluster, the lease length) into
-/// the routing state. Proposing them again is harmless: a queue's config is replaced in
-/// place and its calls keep their place.
+/// The commands that put the configured routing into the routing state: the lease length
+/// (in a cluster), the routing rules, every queue, then the VIP list. Proposing them again
+/// is harmless: a queue's config is replaced in place and its calls keep their place, and
+/// settings and VIPs are replaced whole.
 fn setup_commands(config: &Config, now: u64) -> Vec<Command> {
     let mut cmds = Vec::new();
     if let Some(cluster) = &config.cluster {
@@ -299,16 +303,20 @@ fn setup_commands(config: &Config, now: u64) -> Vec<Command> {
             at: now,
         });
     }
+    cmds.push(Command::ConfigureRouting {
+        settings: config.routing_settings(),
+        at: now,
+    });
     for q in &config.queues {
-        let queue = QueueConfig {
-            name: q.name.clone(),
-            skill: q.skill.clone(),
-            wrapup_ms: (q.wrapup_s * 1000.0) as u64,
-            ring_timeout_ms: (q.ring_timeout_s * 1000.0) as u64,
-            local_wait_ms: (q.local_wait_s * 1000.0) as u64,
-            ..QueueConfig::default()
-        };
+        let queue = config.routing_queue(q);
         cmds.push(Command::ConfigureQueue { queue, at: now });
+    }
+    for (caller, vip) in config.routing_vips() {
+        cmds.push(Command::SetVip {
+            caller,
+            vip: Some(vip),
+            at: now,
+        });
     }
     cmds
 }
@@ -378,6 +386,28 @@ async fn cluster_upkeep(shared: Arc<Shared>) {
         }
     }
     info!("configuration committed to the cluster");
+    // This run's first lease also closes whatever an earlier run left in the replicated
+    // state (calls whose process is gone). Retried until it commits: without it a node
+    // back within its lease would leave those calls connected for good.
+    let started = Command::NodeStarted {
+        node,
+        site: site.clone(),
+        started_at: shared.epoch,
+        at: now_ms(),
+    };
+    loop {
+        match shared.routing.propose(started.clone()).await {
+            Ok(()) => break,
+            Err(ProposeError::Refused(why)) => {
+                warn!(%why, "routing refused this node's start");
+                break;
+            }
+            Err(e) => {
+                info!(error = %e, "waiting for the cluster to record this node's start");
+                tokio::time::sleep(Duration::from_millis(LEASE_RENEW_MS)).await;
+            }
+        }
+    }
     let mut every = tokio::time::interval(Duration::from_millis(LEASE_RENEW_MS));
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

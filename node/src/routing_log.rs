@@ -196,7 +196,10 @@ fn event_call(event: &Event) -> Option<&str> {
     match event {
         Event::Offered { call, .. }
         | Event::OfferRevoked { call, .. }
-        | Event::Connected { call, .. } => Some(call),
+        | Event::Connected { call, .. }
+        | Event::CallExited { call, .. }
+        | Event::CallMoved { call, .. }
+        | Event::CallbackOffered { call, .. } => Some(call),
         Event::CallFinished(record) => Some(&record.call),
         _ => None,
     }

@@ -183,6 +183,15 @@ impl Acd {
             Command::NodeLease { node, site, .. } => {
                 self.node_lease(node, site, now, &mut events)?
             }
+            Command::NodeStarted {
+                node,
+                site,
+                started_at,
+                ..
+            } => {
+                self.close_earlier_run(node, started_at, now, &mut events);
+                self.node_lease(node, site, now, &mut events)?
+            }
             Command::ConfigureCluster { lease_ms, .. } => {
                 if lease_ms == 0 {
                     return Err(RoutingError::InvalidClusterConfig(
@@ -1224,6 +1233,27 @@ impl Acd {
             .collect();
         for node in lapsed {
             self.node_down(node, now, events);
+        }
+    }
+
+    /// Closes the calls an earlier run of `node` owned (those that arrived before this run
+    /// started); close_lost frees their agents and withdraws their offers.
+    fn close_earlier_run(
+        &mut self,
+        node: NodeId,
+        started_at: Millis,
+        now: Millis,
+        events: &mut Vec<Event>,
+    ) {
+        let owned: Vec<String> = self
+            .calls
+            .iter()
+            .filter(|(_, c)| c.owner == node && c.arrived_at < started_at)
+            .map(|(id, _)| id.clone())
+            .collect();
+        let cause = format!("node-restarted: n{node}");
+        for call in owned {
+            self.close_lost(&call, cause.clone(), now, events);
         }
     }
 

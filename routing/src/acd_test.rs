@@ -1354,6 +1354,72 @@ fn node_down_loses_its_calls_in_every_state_and_frees_other_agents() {
 }
 
 #[test]
+fn a_restarted_node_closes_what_its_earlier_run_held_and_keeps_new_calls() {
+    let mut acd = acd();
+    lease(&mut acd, 1, "hq", 0);
+    lease(&mut acd, 2, "branch", 0);
+    login_on(&mut acd, "b1", 2, "branch", 0);
+    login_on(&mut acd, "b2", 2, "branch", 1);
+    enqueue_on(&mut acd, "connected", 1, "hq", 10);
+    enqueue_on(&mut acd, "offered", 1, "hq", 20);
+    enqueue_on(&mut acd, "other-node", 2, "branch", 30);
+    connect(&mut acd, "connected", "b1", 50);
+    // n1 restarts at 1,000 and a call reaches the new run before its first lease commits.
+    enqueue_on(&mut acd, "new-run", 1, "hq", 1_100);
+    let events = acd
+        .apply(Command::NodeStarted {
+            node: 1,
+            site: "hq".into(),
+            started_at: 1_000,
+            at: 1_200,
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+    let lost: Vec<(&str, Option<&str>)> = records(&events)
+        .iter()
+        .map(|r| (r.call.as_str(), r.cause.as_deref()))
+        .collect();
+    assert_eq!(
+        lost,
+        [
+            ("connected", Some("node-restarted: n1")),
+            ("offered", Some("node-restarted: n1")),
+        ]
+    );
+    assert!(
+        !events.contains(&Event::NodeDown { node: 1 }),
+        "a restart within the lease is not a NodeDown"
+    );
+    // b1 wraps up after the lost call; b2, freed from the lost offer, takes the next
+    // call in line.
+    assert!(matches!(
+        acd.agent_state("b1"),
+        Some(AgentState::WrapUp { .. })
+    ));
+    assert_eq!(offers(&events), [("other-node", "b2")]);
+    assert_eq!(acd.stats().totals.lost, 2);
+    // The new run's own call stays, and its node is live.
+    assert!(acd
+        .apply(Command::Abandon {
+            call: "new-run".into(),
+            at: 1_300,
+        })
+        .is_ok());
+    // A first start (no earlier run) registers the node and closes nothing.
+    let events = acd
+        .apply(Command::NodeStarted {
+            node: 3,
+            site: "hq".into(),
+            started_at: 1_400,
+            at: 1_400,
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(records(&events).is_empty());
+    assert!(
+        events.contains(&Event::NodeUp { node: 3 }) || acd.nodes().iter().any(|(n, _)| *n == 3)
+    );
+}
+
+#[test]
 fn node_down_makes_its_agents_unreachable_and_requeues_their_offers() {
     let mut acd = acd();
     lease(&mut acd, 1, "hq", 0);

@@ -108,6 +108,18 @@ pub enum Command {
         site: String,
         at: Millis,
     },
+    /// `node`'s process started at `started_at` (the first lease of each run). Whatever an
+    /// earlier run of it held is gone with that process: its calls that arrived before
+    /// `started_at` are closed as lost (`node-restarted: n<id>`), agents they held are
+    /// freed, and calls it was ringing agents for go back to the head of their line. Then
+    /// it counts as a lease. A node back within the lease would otherwise leave those calls
+    /// connected forever, since no NodeDown is ever committed for it.
+    NodeStarted {
+        node: NodeId,
+        site: String,
+        started_at: Millis,
+        at: Millis,
+    },
     /// Cluster-wide liveness settings: a node whose last lease is older than `lease_ms` is
     /// marked down on the next Tick (default 3,000 ms until configured).
     ConfigureCluster { lease_ms: u64, at: Millis },
@@ -226,6 +238,7 @@ impl Command {
             | Command::AgentReady { at, .. }
             | Command::AgentNotReady { at, .. }
             | Command::NodeLease { at, .. }
+            | Command::NodeStarted { at, .. }
             | Command::ConfigureCluster { at, .. }
             | Command::ConfigureRouting { at, .. }
             | Command::SetAgentSkills { at, .. }

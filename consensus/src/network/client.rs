@@ -3,8 +3,11 @@
 //!
 //! A failed dial puts the peer in a backoff window (doubling, capped at `backoff_max_ms`);
 //! calls inside the window fail at once as `Unreachable`, which also makes openraft back off.
-//! A call that times out or breaks its stream drops the cached connection, so the next call
-//! dials afresh instead of waiting out QUIC's idle timeout on a dead peer.
+//! A call that breaks its stream drops the cached connection, and so does a call that times
+//! out on a connection nothing has answered on for as long, so the next call dials afresh
+//! instead of waiting out QUIC's idle timeout on a dead (or restarted) peer. A timeout on a
+//! connection that other calls are being answered on is only that call being slow: closing
+//! the connection then would fail every other call in flight on it.
 
 // This is the transport adapter: dial timeouts and backoff windows need the clock.
 #![allow(clippy::disallowed_methods)]
@@ -47,6 +50,8 @@ pub(crate) struct Peers {
     pub(crate) client_config: quinn::ClientConfig,
     pub(crate) limits: NetLimits,
     slots: Mutex<HashMap<NodeId, Arc<tokio::sync::Mutex<Slot>>>>,
+    /// When a call to each peer was last answered (see [`Peers::answered_within`]).
+    answered: Mutex<HashMap<NodeId, Instant>>,
 }
 
 #[derive(Default)]
@@ -69,6 +74,7 @@ impl Peers {
             client_config,
             limits,
             slots: Mutex::new(HashMap::new()),
+            answered: Mutex::new(HashMap::new()),
         }
     }
 
@@ -177,12 +183,29 @@ impl Peers {
                 after_ms: timeout.as_millis() as u64,
             }),
         };
-        if let Err(e) = &result {
-            if e.breaks_connection() {
-                self.invalidate(peer, &conn).await;
+        match &result {
+            Ok(_) => {
+                self.lock_answered().insert(peer, Instant::now());
             }
+            Err(NetError::Timeout { .. }) if self.answered_within(peer, timeout) => {
+                tracing::debug!(peer, "call timed out on a live connection; keeping it");
+            }
+            Err(e) if e.breaks_connection() => self.invalidate(peer, &conn).await,
+            Err(_) => {}
         }
         result
+    }
+
+    /// Whether some call to `peer` was answered within the last `window`.
+    fn answered_within(&self, peer: NodeId, window: Duration) -> bool {
+        self.lock_answered()
+            .get(&peer)
+            .is_some_and(|at| at.elapsed() < window)
+    }
+
+    fn lock_answered(&self) -> std::sync::MutexGuard<'_, HashMap<NodeId, Instant>> {
+        // Only Instants are stored: a poisoned map is still a valid map.
+        self.answered.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 

@@ -5,13 +5,26 @@
 //! four inputs: routing events for the call, the caller dialog's state, the current agent
 //! dialog's state, and the outcome of the agent INVITE in flight. Every path ends with the
 //! routing state machine's terminal record, which the task stores as the CDR.
+//!
+//! A call that leaves its queue without an agent (closed, full, waited too long) gets its
+//! record at once; the task then performs the exit action before storing it: a prompt and
+//! hang-up, or a voicemail (greeting, beep, the caller recorded until they hang up or the
+//! message reaches `voicemail.max_length_s`) stored through [`crate::voicemail`].
+//!
+//! With `[callback]` configured, a waiting caller may press the callback key and leave a
+//! number ([`callback`]): the task hangs the caller up but lives on, holding the call's
+//! place, and at its turn rings the agent and then dials the customer.
+
+mod callback;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use carillon_media::{CallMedia, Codec, MediaLeg};
+use carillon_media::{CallMedia, Codec, MediaLeg, Prompt, Recorder, Recording, RecordingTarget};
 use carillon_ops::records::Cdr;
-use carillon_routing::{Arrival, CallRecord, Command, Event, OfferFailure, Party};
+use carillon_routing::{
+    Arrival, CallRecord, Command, Disposition, Event, ExitAction, OfferFailure, Party,
+};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn, Instrument};
 
@@ -20,10 +33,17 @@ use crate::node::Shared;
 use crate::sip::{
     self, rsip, DialogState, DialogStateReceiver, InviteDialog, InviteOption, TerminatedReason,
 };
+use crate::voicemail::{Mailboxes, Message};
 
 /// How long a call task waits for its terminal record after its last command. The record
 /// is produced by that very command, so only a bug would make this expire.
 const RECORD_WAIT_MS: u64 = 5_000;
+/// The beep before a voicemail recording: pitch, length, loudness (of full scale), and the
+/// pause between greeting and beep.
+const BEEP_HZ: f32 = 1_000.0;
+const BEEP_MS: u32 = 400;
+const BEEP_LEVEL: f32 = 0.3;
+const BEEP_GAP_MS: u32 = 200;
 
 /// What the edge learned from the caller's INVITE.
 pub struct CallSetup {
@@ -44,6 +64,8 @@ pub struct CallSetup {
 
 enum Phase {
     Waiting,
+    /// A callback waiting for its turn: the caller has hung up, the call keeps its place.
+    CallbackWait,
     Ringing {
         agent: String,
         attempt: u64,
@@ -92,6 +114,11 @@ struct Call {
     record: Option<CallRecord>,
     received: std::time::Instant,
     post_dial_us: Option<u64>,
+    /// The exit action routing chose when the call left its queue without an agent.
+    exit: Option<ExitAction>,
+    /// The caller's keys, while callback is on and the caller waits.
+    dtmf: Option<mpsc::Receiver<carillon_media::DtmfDigit>>,
+    callback: callback::CallbackState,
 }
 
 impl Call {
@@ -119,11 +146,15 @@ impl Call {
             record: None,
             received: s.received,
             post_dial_us: None,
+            exit: None,
+            dtmf: None,
+            callback: callback::CallbackState::new(),
         }
     }
 
     async fn run(mut self) {
         self.media.play_loop(self.shared.hold_music.clone());
+        let (priority, skills) = self.shared.config.call_routing(&self.dialled, &self.queue);
         let enqueue = Command::Enqueue(Arrival {
             call: self.id.clone(),
             queue: self.queue.clone(),
@@ -132,7 +163,8 @@ impl Call {
             owner: self.shared.node_number,
             site: self.shared.config.node.site.clone(),
             at: now_ms(),
-            ..Arrival::default()
+            priority,
+            skills,
         });
         if let Err(e) = self.shared.routing.propose(enqueue).await {
             warn!(error = %e, "could not queue the call");
@@ -140,7 +172,10 @@ impl Call {
             self.finish_without_record();
             return;
         }
-        info!(caller = %self.caller, queue = %self.queue, "call queued");
+        info!(caller = %self.caller, queue = %self.queue, priority, "call queued");
+        if self.shared.config.callback.is_some() {
+            self.dtmf = self.media.take_dtmf();
+        }
 
         while self.record.is_none() {
             tokio::select! {
@@ -157,11 +192,21 @@ impl Call {
                     None => self.agent_states = None,
                 },
                 Some(leg) = self.legs_rx.recv() => self.on_leg(leg).await,
+                d = recv_dtmf(&mut self.dtmf) => match d {
+                    Some(d) => self.on_digit(d.digit).await,
+                    None => self.dtmf = None,
+                },
+                _ = callback::sleep_until_opt(self.callback.entry_deadline()) => self.request_callback().await,
+                ev = callback::recv_watch(&mut self.callback.watch) => self.on_watch(ev).await,
+                Some(c) = self.callback.customers_rx.recv() => self.on_customer(c).await,
                 _ = tokio::time::sleep(Duration::from_millis(RECORD_WAIT_MS)), if matches!(self.phase, Phase::Ending) => {
                     warn!("no terminal record arrived for the call");
                     break;
                 }
             }
+        }
+        if let Some(action) = self.exit_action() {
+            self.take_exit(action).await;
         }
         self.store_record();
         self.finish_without_record();
@@ -181,12 +226,42 @@ impl Call {
                         info!(%agent, ?reason, "offer revoked, cancelling the agent leg");
                         let dialog = dialog.clone();
                         tokio::spawn(async move { dialog.cancel().await.ok() });
-                        self.phase = Phase::Waiting;
-                        self.media.play_loop(self.shared.hold_music.clone());
+                        self.back_to_waiting();
                     }
                 }
             }
             Event::CallFinished(record) => self.record = Some(record),
+            Event::CallbackOffered {
+                agent,
+                agent_node,
+                number,
+                attempt,
+                ..
+            } => {
+                self.callback_offered(agent, agent_node, number, attempt)
+                    .await
+            }
+            Event::CallExited { action, reason, .. } => {
+                info!(
+                    ?action,
+                    reason = reason.name(),
+                    "call leaves its queue without an agent"
+                );
+                self.exit = Some(action);
+            }
+            Event::CallMoved {
+                from, to, reason, ..
+            } => {
+                info!(%from, %to, reason = reason.name(), "call moved to another queue");
+                metrics::counter!(
+                    "carillon_calls_moved_total",
+                    "from" => from,
+                    "to" => to.clone(),
+                    "reason" => reason.name()
+                )
+                .increment(1);
+                self.queue = to;
+            }
             other => debug!(event = ?other, "routing event"),
         }
     }
@@ -198,7 +273,7 @@ impl Call {
             debug!(%agent, "offer arrived after the caller left; ignoring");
             return;
         }
-        if !matches!(self.phase, Phase::Waiting) {
+        if !matches!(self.phase, Phase::Waiting | Phase::CallbackWait) {
             warn!(%agent, "offered while not waiting; refusing the offer");
             self.offer_failed(&agent, OfferFailure::Rejected).await;
             return;
@@ -297,14 +372,14 @@ impl Call {
                     _ => OfferFailure::Rejected,
                 };
                 info!(agent = %leg.agent, status = %r.status_code, "agent did not take the call");
-                self.phase = Phase::Waiting;
+                self.back_to_waiting();
                 self.agent_states = None;
                 self.offer_failed(&leg.agent, failure).await;
                 return;
             }
             Err(e) => {
                 info!(agent = %leg.agent, error = %e, "agent leg failed");
-                self.phase = Phase::Waiting;
+                self.back_to_waiting();
                 self.agent_states = None;
                 self.offer_failed(&leg.agent, OfferFailure::Unreachable)
                     .await;
@@ -321,7 +396,7 @@ impl Call {
                 warn!(agent = %leg.agent, error = %e, "agent answered with unusable SDP");
                 self.remove_dialog(&leg.dialog);
                 leg.dialog.bye().await.ok();
-                self.phase = Phase::Waiting;
+                self.back_to_waiting();
                 self.agent_states = None;
                 self.offer_failed(&leg.agent, OfferFailure::Rejected).await;
                 return;
@@ -330,8 +405,13 @@ impl Call {
         let Some(port) = leg.port.take() else {
             return;
         };
-        self.media
-            .bridge(MediaLeg::new(port, codec, Some(remote_addr)));
+        let agent_leg = MediaLeg::new(port, codec, Some(remote_addr));
+        if self.callback.number.is_some() {
+            // A callback: the agent waits in silence while the customer is dialled.
+            self.callback.agent_leg = Some(agent_leg);
+        } else {
+            self.media.bridge(agent_leg);
+        }
         let agent = leg.agent.clone();
         self.phase = Phase::Connected { dialog: leg.dialog };
         info!(%agent, "agent answered; legs bridged");
@@ -343,6 +423,21 @@ impl Call {
         if let Err(e) = self.shared.routing.propose(cmd).await {
             warn!(%agent, error = %e, "routing refused the connection; ending the call");
             self.close_as_lost("connect-refused-by-routing").await;
+            return;
+        }
+        if self.callback.number.is_some() {
+            self.dial_customer().await;
+        }
+    }
+
+    /// After an offer that came to nothing: wait again (with hold music if the caller is
+    /// still on the line).
+    fn back_to_waiting(&mut self) {
+        if self.callback.number.is_some() {
+            self.phase = Phase::CallbackWait;
+        } else {
+            self.phase = Phase::Waiting;
+            self.media.play_loop(self.shared.hold_music.clone());
         }
     }
 
@@ -401,7 +496,7 @@ impl Call {
     async fn caller_gone(&mut self) {
         let phase = std::mem::replace(&mut self.phase, Phase::Ending);
         let cmd = match phase {
-            Phase::Waiting | Phase::Ending => Command::Abandon {
+            Phase::Waiting | Phase::CallbackWait | Phase::Ending => Command::Abandon {
                 call: self.id.clone(),
                 at: now_ms(),
             },
@@ -431,6 +526,9 @@ impl Call {
     async fn hang_up_caller_after_agent(&mut self) {
         if let Phase::Connected { dialog, .. } = std::mem::replace(&mut self.phase, Phase::Ending) {
             self.remove_dialog(&dialog);
+        }
+        if let Some(customer) = self.callback.ringing.take() {
+            tokio::spawn(async move { customer.cancel().await.ok() });
         }
         self.caller_dialog.bye().await.ok();
         let cmd = Command::Ended {
@@ -471,6 +569,176 @@ impl Call {
         };
         if let Err(e) = self.shared.routing.propose(cmd).await {
             warn!(%agent, error = %e, "routing refused the failed offer");
+        }
+    }
+
+    /// The exit action to perform, if the call left its queue without an agent while the
+    /// caller is still here. Routing says which in `CallExited`; should that event not
+    /// reach this task, the record's cause names the queue setting that applied.
+    fn exit_action(&mut self) -> Option<ExitAction> {
+        // Nobody left to hear it: the caller hung up, or left a number for a callback.
+        if matches!(self.phase, Phase::Ending | Phase::CallbackWait) {
+            return None;
+        }
+        let rec = self.record.as_ref()?;
+        if !matches!(
+            rec.disposition,
+            Disposition::Voicemail | Disposition::Refused
+        ) {
+            return None;
+        }
+        if let Some(action) = self.exit.take() {
+            return Some(action);
+        }
+        let queue = rec.queue.clone();
+        let cause = rec.cause.clone().unwrap_or_default();
+        let config = self
+            .shared
+            .routing
+            .read(|acd| acd.queue_config(&queue).cloned());
+        let action = match (config, cause.as_str()) {
+            (Some(c), "after-hours") => c.after_hours_action,
+            (Some(c), "max-wait") => c.max_wait_action,
+            (Some(c), "queue-full") => c.queue_full_action,
+            _ => ExitAction::default(),
+        };
+        Some(action)
+    }
+
+    /// Performs an exit action: the call is over for routing, the caller still on the line.
+    async fn take_exit(&mut self, action: ExitAction) {
+        self.phase = Phase::Ending;
+        match action {
+            ExitAction::Hangup { prompt } => {
+                if !prompt.is_empty() {
+                    match Prompt::load_wav(&prompt) {
+                        Ok(p) => {
+                            if !self.play_once(Arc::new(p)).await {
+                                return;
+                            }
+                        }
+                        Err(e) => warn!(%prompt, error = %e, "exit prompt unusable; hanging up"),
+                    }
+                }
+                info!("hanging up on the caller (exit action)");
+                self.caller_dialog.bye().await.ok();
+            }
+            ExitAction::Voicemail { mailbox } => self.take_voicemail(&mailbox).await,
+            // A move keeps the call in routing; no record, so never here.
+            ExitAction::Queue { .. } => {}
+        }
+    }
+
+    /// Greeting, beep, then the caller's audio into `mailbox` until they hang up or the
+    /// message reaches its longest; then the message is stored.
+    async fn take_voicemail(&mut self, mailbox: &str) {
+        let config = self.shared.config.voicemail.clone();
+        let boxes = Mailboxes::new(&self.shared.config.data_dir());
+        let limit_bytes = config.disk_limit_mb.saturating_mul(1 << 20);
+        let mut samples = Vec::new();
+        if let Some(path) = self.shared.config.voicemail_prompt_path() {
+            match carillon_media::wav::read(&path) {
+                Ok(greeting) => samples = greeting,
+                Err(e) => {
+                    warn!(path = %path.display(), error = %e, "voicemail greeting unusable; beep only")
+                }
+            }
+        }
+        let full = boxes.check_space(limit_bytes);
+        if config.beep && full.is_ok() {
+            samples.extend(std::iter::repeat_n(0, (BEEP_GAP_MS * 8) as usize));
+            samples.extend(carillon_media::tone::sine(BEEP_HZ, BEEP_MS, BEEP_LEVEL));
+        }
+        if !samples.is_empty() && !self.play_once(Arc::new(Prompt::from_pcm(samples))).await {
+            info!(%mailbox, "caller hung up before the beep; no message");
+            return;
+        }
+        if let Err(e) = full {
+            warn!(%mailbox, error = %e, "voicemail refused: the store is full");
+            self.caller_dialog.bye().await.ok();
+            return;
+        }
+        let recorder = Recorder::new(Recording {
+            dir: boxes.incoming_dir(),
+            enabled: true,
+            disk_watermark_bytes: limit_bytes,
+            disk_limit_bytes: limit_bytes,
+        });
+        let start_ms = now_ms();
+        let started = recorder.and_then(|recorder| {
+            self.media.start_recording(RecordingTarget {
+                recorder,
+                call_id: self.id.clone(),
+                agent: String::new(),
+                queue: self.queue.clone(),
+                caller: self.caller.clone(),
+                start_unix_ms: start_ms,
+            })
+        });
+        if let Err(e) = started {
+            warn!(%mailbox, error = %e, "cannot record the voicemail; hanging up");
+            self.caller_dialog.bye().await.ok();
+            return;
+        }
+        info!(%mailbox, "recording voicemail");
+        let longest = Duration::from_secs_f64(config.max_length_s);
+        let still_there = self.wait_caller(longest).await;
+        let meta = self.media.stop_recording().await;
+        if still_there {
+            info!(%mailbox, "voicemail reached its longest; hanging up");
+            self.caller_dialog.bye().await.ok();
+        }
+        let Some(meta) = meta else {
+            warn!(%mailbox, "the voicemail recording vanished");
+            return;
+        };
+        let message = Message {
+            call_id: self.id.clone(),
+            mailbox: mailbox.to_string(),
+            caller: self.caller.clone(),
+            dialled: self.dialled.clone(),
+            queue: self.queue.clone(),
+            start_ms,
+            duration_ms: 0,
+            file: String::new(),
+        };
+        let stored =
+            tokio::task::spawn_blocking(move || store_message(&boxes, message, &meta.path))
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| r);
+        match stored {
+            Ok((path, duration_ms)) => {
+                metrics::counter!("carillon_voicemails_total", "mailbox" => mailbox.to_string())
+                    .increment(1);
+                info!(%mailbox, duration_ms, path = %path.display(), "voicemail stored");
+            }
+            Err(e) => warn!(%mailbox, error = %e, "could not store the voicemail"),
+        }
+    }
+
+    /// Plays `prompt` once; false if the caller hung up meanwhile.
+    async fn play_once(&mut self, prompt: Arc<Prompt>) -> bool {
+        let length = Duration::from_millis(prompt.duration_ms());
+        self.media.play_loop(prompt);
+        let still_there = self.wait_caller(length).await;
+        self.media.stop_playback();
+        still_there
+    }
+
+    /// Waits `length` while answering the caller's in-dialog requests; false as soon as
+    /// the caller hangs up.
+    async fn wait_caller(&mut self, length: Duration) -> bool {
+        let deadline = tokio::time::Instant::from_std(crate::clock::instant()) + length;
+        loop {
+            tokio::select! {
+                st = self.caller_states.recv() => match st {
+                    Some(DialogState::Terminated(..)) | None => return false,
+                    Some(st @ DialogState::Updated(..)) => self.on_caller_state(st).await,
+                    Some(_) => {}
+                },
+                _ = tokio::time::sleep_until(deadline) => return true,
+            }
         }
     }
 
@@ -598,6 +866,33 @@ pub fn agent_invite(
         offer: Some(offer.into_bytes()),
         ..Default::default()
     })
+}
+
+/// Turns the recorder's stereo file (caller left, agent silent) into the mailbox's mono
+/// message and its sidecar; removes the stereo file. Returns the WAV path and duration.
+fn store_message(
+    boxes: &Mailboxes,
+    mut message: Message,
+    recorded: &std::path::Path,
+) -> Result<(std::path::PathBuf, u64), String> {
+    let (caller, _) =
+        carillon_media::recording::read_stereo(recorded).map_err(|e| e.to_string())?;
+    message.duration_ms =
+        caller.len() as u64 * 1000 / u64::from(carillon_media::codec::CLOCK_RATE_HZ);
+    let path = boxes.write(&message, &caller).map_err(|e| e.to_string())?;
+    if let Err(e) = std::fs::remove_file(recorded) {
+        warn!(file = %recorded.display(), error = %e, "could not remove the raw voicemail recording");
+    }
+    Ok((path, message.duration_ms))
+}
+
+async fn recv_dtmf(
+    rx: &mut Option<mpsc::Receiver<carillon_media::DtmfDigit>>,
+) -> Option<carillon_media::DtmfDigit> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn recv_opt(rx: &mut Option<DialogStateReceiver>) -> Option<DialogState> {
