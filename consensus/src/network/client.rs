@@ -4,7 +4,7 @@
 //! A failed dial puts the peer in a backoff window (doubling, capped at `backoff_max_ms`);
 //! calls inside the window fail at once as `Unreachable`, which also makes openraft back off.
 //! A call that breaks its stream drops the cached connection, and so does a call that times
-//! out on a connection nothing has answered on for as long, so the next call dials afresh
+//! out on a connection nothing has answered on for a while, so the next call dials afresh
 //! instead of waiting out QUIC's idle timeout on a dead (or restarted) peer. A timeout on a
 //! connection that other calls are being answered on is only that call being slow: closing
 //! the connection then would fail every other call in flight on it.
@@ -36,6 +36,11 @@ use super::{NetError, NetLimits};
 use crate::state_machine::StateMachineStore;
 use crate::tls::server_name;
 use crate::types::{Member, NodeId, TypeConfig};
+
+/// A timed-out call drops the connection only when nothing has been answered on it for
+/// this long: longer than any one call's deadline, so a burst of slow calls on a busy
+/// link is not mistaken for a dead peer, and still far shorter than QUIC's idle timeout.
+const SILENT_PEER_MS: u64 = 2_000;
 
 /// The first backoff window after a failed dial; it doubles up to `backoff_max_ms`.
 const BACKOFF_FIRST_MS: u64 = 50;
@@ -187,7 +192,9 @@ impl Peers {
             Ok(_) => {
                 self.lock_answered().insert(peer, Instant::now());
             }
-            Err(NetError::Timeout { .. }) if self.answered_within(peer, timeout) => {
+            Err(NetError::Timeout { .. })
+                if self.answered_within(peer, Duration::from_millis(SILENT_PEER_MS)) =>
+            {
                 tracing::debug!(peer, "call timed out on a live connection; keeping it");
             }
             Err(e) if e.breaks_connection() => self.invalidate(peer, &conn).await,
