@@ -40,14 +40,6 @@ pub enum Proposal {
     Once { id: ProposalId, command: Command },
 }
 
-impl Proposal {
-    pub fn command(&self) -> &Command {
-        match self {
-            Proposal::Routing(cmd) | Proposal::Once { command: cmd, .. } => cmd,
-        }
-    }
-}
-
 /// Names one proposal for de-duplication: the proposing node, that node's run (a number
 /// it picks at start, so a restart never reuses an id) and a counter within the run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
