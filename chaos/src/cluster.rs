@@ -2,11 +2,9 @@
 //! front of every node's Raft port, as an operator would run it: certificates from
 //! `carillon certs`, one config file per node, the HTTP API to watch it.
 //!
-//! Raft replicates the membership, addresses included, and a node's own entry must equal
-//! its `cluster.listen`; so no node's own config can publish a proxy for itself. A seed
-//! member (n4, not proxied) founds the cluster with the proxies as n1-n3's addresses, then
-//! is removed and stopped: from then on every Raft datagram between n1, n2 and n3 crosses
-//! a proxy. (A `cluster.advertise` setting in the node would make the seed unnecessary.)
+//! Every node listens on its own Raft socket and advertises its proxy (`cluster.advertise`);
+//! the founding member list names the proxies, so every Raft datagram between n1, n2 and n3
+//! crosses a proxy from the first vote on.
 // Waits on real processes in wall-clock time, bounded by deadlines.
 #![allow(clippy::disallowed_methods)]
 
@@ -32,10 +30,8 @@ use crate::rng::XorShift;
 const HOLD_WAV: &[u8] = include_bytes!("../../examples/prompts/hold.wav");
 /// From spawn to a 200 on /health.
 const STARTUP_TIMEOUT_MS: u64 = 20_000;
-/// For the seed to hand the cluster over.
-const SEED_REMOVAL_TIMEOUT_MS: u64 = 30_000;
-/// The seed's number.
-const SEED: NodeNum = 4;
+/// For the three to found the cluster and agree on a leader.
+const FOUNDING_TIMEOUT_MS: u64 = 30_000;
 /// Raft timing for the members (the example's WAN-ish defaults).
 const ELECTION_MIN_MS: i64 = 450;
 const ELECTION_MAX_MS: i64 = 700;
@@ -50,7 +46,7 @@ pub struct Member {
     pub http: SocketAddr,
     /// The node's own Raft socket.
     pub raft: SocketAddr,
-    /// Where the other members reach it: its proxy (the seed has none).
+    /// Where the other members reach it: its proxy.
     pub published: SocketAddr,
     pub config: PathBuf,
     pub ports: PortBlock,
@@ -92,7 +88,7 @@ impl Cluster {
         make_certs(exe, &dir)?;
         std::fs::write(dir.join("hold.wav"), HOLD_WAV)?;
         crate::sipp::install(&dir)?;
-        let sites = ["hq", "hq", "branch", "hq"];
+        let sites = ["hq", "hq", "branch"];
         let mut members = Vec::new();
         for (i, site) in sites.iter().enumerate() {
             let num = i as NodeNum + 1;
@@ -114,7 +110,7 @@ impl Cluster {
         let peers: HashMap<SocketAddr, NodeNum> = members.iter().map(|m| (m.raft, m.num)).collect();
         let mut rng = XorShift::new(seed);
         let mut proxies = Vec::new();
-        for m in members.iter_mut().filter(|m| m.num != SEED) {
+        for m in members.iter_mut() {
             let proxy = runtime.block_on(Proxy::start(
                 loopback(0),
                 m.raft,
@@ -139,14 +135,15 @@ impl Cluster {
             switch,
             runtime,
         };
-        for i in 0..4 {
+        for i in 0..cluster.members.len() {
             cluster.spawn(i)?;
         }
-        for i in 0..4 {
+        for i in 0..cluster.members.len() {
             cluster.wait_healthy(i)?;
         }
-        cluster.remove_seed()?;
-        cluster.wait_leader(Duration::from_secs(20))?;
+        if let Err(e) = cluster.wait_leader(Duration::from_millis(FOUNDING_TIMEOUT_MS)) {
+            bail!("founding the cluster: {e:#}\n{}", cluster.log_tails(12));
+        }
         Ok(cluster)
     }
 
@@ -181,65 +178,24 @@ impl Cluster {
         }
     }
 
-    /// Stops the seed once n1-n3 have joined, then removes it through the new leader.
-    /// The seed is stopped first because it usually leads, and a leader removing itself
-    /// trips an assertion in openraft's debug builds (the second membership step runs
-    /// after it stepped down).
-    fn remove_seed(&mut self) -> anyhow::Result<()> {
-        let deadline = Instant::now() + Duration::from_millis(SEED_REMOVAL_TIMEOUT_MS);
-        let ids = |st: &Value| -> Vec<String> {
-            st["members"]
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|m| m["id"].as_str())
-                        .map(String::from)
-                        .collect()
-                })
-                .unwrap_or_default()
-        };
-        // Joined: n1 sees all four members and every member names a leader.
-        loop {
-            let joined = self.cluster_status(0).is_some_and(|st| ids(&st).len() == 4)
-                && (0..3).all(|i| self.leader_seen(i).is_some());
-            if joined {
-                break;
+    /// The last `lines` lines of every member's current log, for an error report.
+    pub fn log_tails(&self, lines: usize) -> String {
+        let mut out = String::new();
+        for m in &self.members {
+            let Some(p) = m.proc.as_ref() else { continue };
+            let text = std::fs::read_to_string(&p.log).unwrap_or_default();
+            let all: Vec<&str> = text.lines().collect();
+            out.push_str(&format!(
+                "--- n{} ({}), last lines:\n",
+                m.num,
+                p.log.display()
+            ));
+            for l in &all[all.len().saturating_sub(lines)..] {
+                out.push_str(l);
+                out.push('\n');
             }
-            if Instant::now() >= deadline {
-                bail!("n1-n3 did not join the seed's cluster in {SEED_REMOVAL_TIMEOUT_MS} ms");
-            }
-            thread::sleep(Duration::from_millis(100));
         }
-        if let Some(mut p) = self.members[3].proc.take() {
-            p.kill();
-        }
-        let mut last = String::new();
-        loop {
-            if Instant::now() >= deadline {
-                bail!("could not remove the seed member n4: {last}");
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            let leader = match self.wait_leader_among(&[0, 1, 2], Some(SEED), left) {
-                Ok(l) => l,
-                Err(e) => {
-                    last = e.to_string();
-                    continue;
-                }
-            };
-            if let Err(e) = http::send(self.members[leader].http, "DELETE", "/api/cluster/nodes/n4")
-            {
-                last = e.to_string();
-            }
-            if self
-                .cluster_status(leader)
-                .is_some_and(|st| !ids(&st).iter().any(|id| id == "n4"))
-            {
-                break;
-            }
-            thread::sleep(Duration::from_millis(200));
-        }
-        self.members.truncate(3);
-        Ok(())
+        out
     }
 
     /// `/api/cluster` from member `i`, if it answers.
@@ -381,14 +337,14 @@ fn loopback(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }
 
-/// `carillon certs --out DIR/certs --nodes n1,n2,n3,n4`.
+/// `carillon certs --out DIR/certs --nodes n1,n2,n3`.
 fn make_certs(exe: &Path, dir: &Path) -> anyhow::Result<()> {
     let out = Command::new(exe)
         .arg("certs")
         .arg("--out")
         .arg(dir.join("certs"))
         .arg("--nodes")
-        .arg("n1,n2,n3,n4")
+        .arg("n1,n2,n3")
         .output()
         .with_context(|| format!("running {} certs", exe.display()))?;
     if !out.status.success() {
@@ -413,11 +369,9 @@ fn path(p: PathBuf) -> Toml {
     Toml::String(p.display().to_string())
 }
 
-/// Member `i`'s config. The seed founds the cluster with the published (proxy) addresses;
-/// the others join (no bootstrap) and list only themselves.
+/// Member `i`'s config: all three found the cluster with the published (proxy) addresses.
 fn config_text(dir: &Path, members: &[Member], i: usize) -> anyhow::Result<String> {
     let m = &members[i];
-    let is_seed = m.num == SEED;
     let entry = |x: &Member, raft: SocketAddr| {
         table(vec![
             ("id", format!("n{}", x.num).into()),
@@ -427,20 +381,7 @@ fn config_text(dir: &Path, members: &[Member], i: usize) -> anyhow::Result<Strin
             ("site", x.site.clone().into()),
         ])
     };
-    let listed: Vec<Toml> = if is_seed {
-        members
-            .iter()
-            .map(|x| entry(x, if x.num == SEED { x.raft } else { x.published }))
-            .collect()
-    } else {
-        vec![entry(m, m.raft)]
-    };
-    // The seed never calls an election of its own: its timeouts are far longer.
-    let (emin, emax) = if is_seed {
-        (600_000, 600_001)
-    } else {
-        (ELECTION_MIN_MS, ELECTION_MAX_MS)
-    };
+    let listed: Vec<Toml> = members.iter().map(|x| entry(x, x.published)).collect();
     let (rtp_min, rtp_max) = m.ports.rtp_range();
     let mut t = Table::new();
     t.insert(
@@ -510,12 +451,13 @@ fn config_text(dir: &Path, members: &[Member], i: usize) -> anyhow::Result<Strin
         "cluster".into(),
         table(vec![
             ("listen", m.raft.to_string().into()),
+            ("advertise", m.published.to_string().into()),
             ("ca", path(certs.join("ca.pem"))),
             ("cert", path(certs.join(format!("n{}.pem", m.num)))),
             ("key", path(certs.join(format!("n{}.key", m.num)))),
-            ("bootstrap", is_seed.into()),
-            ("election_timeout_min_ms", emin.into()),
-            ("election_timeout_max_ms", emax.into()),
+            ("bootstrap", true.into()),
+            ("election_timeout_min_ms", ELECTION_MIN_MS.into()),
+            ("election_timeout_max_ms", ELECTION_MAX_MS.into()),
             ("heartbeat_ms", HEARTBEAT_MS.into()),
             ("lease_ms", LEASE_MS.into()),
             ("members", Toml::Array(listed)),
