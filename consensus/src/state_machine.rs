@@ -55,8 +55,8 @@ const SNAPSHOT: TableDefinition<&str, &[u8]> = TableDefinition::new("sm_snapshot
 const KEY_CURRENT: &str = "current";
 
 /// The snapshot encoding this build writes and reads; bump it when [`SnapshotBody`]
-/// changes shape.
-const SNAPSHOT_FORMAT: u32 = 2;
+/// changes shape (3: agents carry `located_at`).
+const SNAPSHOT_FORMAT: u32 = 3;
 
 /// One applied routing entry, as the node hears it on the events channel.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -5,7 +5,10 @@
 //! site's network.
 //!
 //! The owner node stays in charge of routing: it proposes `Connected`, `OfferFailed` and
-//! `Ended` from what this leg tells it in SIP, exactly as for a phone of its own.
+//! `Ended` from what this leg tells it in SIP, exactly as for a phone of its own. The one
+//! thing SIP cannot tell this leg is that the owner died: its BYE never comes. So the leg
+//! also watches the call in the routing state (the owner names it in `X-Carillon-Call`) and
+//! hangs the phone up when routing closes the call as lost.
 
 use std::sync::Arc;
 
@@ -13,7 +16,10 @@ use carillon_media::{sdp, CallMedia, Codec, MediaLeg};
 use rsipstack::transaction::transaction::Transaction;
 use tracing::{debug, info, warn, Instrument};
 
-use crate::call::agent_invite;
+use carillon_routing::{Disposition, Event};
+use tokio::sync::mpsc;
+
+use crate::call::{agent_invite, CALL_HEADER};
 use crate::clock::now_ms;
 use crate::node::Shared;
 use crate::sip::{self, rsip, DialogState, DialogStateReceiver, InviteDialog, TerminatedReason};
@@ -29,7 +35,11 @@ pub async fn run(shared: Arc<Shared>, mut tx: Transaction, peer: u64) {
         .call_id_header()
         .map(|c| c.value().to_string())
         .unwrap_or_default();
-    let span = tracing::info_span!("peer_leg", call_id = %sip_call_id, %agent, peer);
+    let call = carillon_call(&tx.original);
+    let span = match &call {
+        Some(call) => tracing::info_span!("peer_leg", call_id = %call, %sip_call_id, %agent, peer),
+        None => tracing::info_span!("peer_leg", call_id = %sip_call_id, %agent, peer),
+    };
     async move {
         let Some(binding) = shared.registrar().binding(&agent).cloned() else {
             info!("no phone registered here for the agent");
@@ -83,7 +93,13 @@ pub async fn run(shared: Arc<Shared>, mut tx: Transaction, peer: u64) {
                 return;
             }
         };
+        let fate = call.as_ref().map(|c| CallFate {
+            routing: shared.routing.clone(),
+            call: c.clone(),
+            events: shared.routing.subscribe(c),
+        });
         let leg = Leg {
+            fate,
             shared: shared.clone(),
             owner: owner_dialog,
             owner_states,
@@ -103,7 +119,53 @@ pub async fn run(shared: Arc<Shared>, mut tx: Transaction, peer: u64) {
     .await
 }
 
+/// The owner's call as the routing state sees it, from this node.
+struct CallFate {
+    routing: crate::routing_log::RoutingLog,
+    call: String,
+    events: mpsc::Receiver<Event>,
+}
+
+impl CallFate {
+    /// Resolves when routing closes the call as lost (its owner died or restarted).
+    async fn lost(&mut self) -> String {
+        while let Some(event) = self.events.recv().await {
+            if let Event::CallFinished(record) = event {
+                if record.disposition == Disposition::Lost {
+                    return record.cause.unwrap_or_else(|| "lost".into());
+                }
+            }
+        }
+        std::future::pending().await
+    }
+}
+
+impl Drop for CallFate {
+    fn drop(&mut self) {
+        self.routing.unsubscribe(&self.call);
+    }
+}
+
+/// Resolves when `fate` says the call was lost; never without one.
+async fn lost(fate: &mut Option<CallFate>) -> String {
+    match fate {
+        Some(f) => f.lost().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Carillon's call id, as the owner node put it on its INVITE.
+fn carillon_call(req: &rsip::Request) -> Option<String> {
+    req.headers.iter().find_map(|h| match h {
+        Header::Other(name, value) if name.eq_ignore_ascii_case(CALL_HEADER) => {
+            Some(value.trim().to_string()).filter(|v| !v.is_empty())
+        }
+        _ => None,
+    })
+}
+
 struct Leg {
+    fate: Option<CallFate>,
     shared: Arc<Shared>,
     owner: InviteDialog,
     owner_states: DialogStateReceiver,
@@ -134,6 +196,13 @@ impl Leg {
         let response = loop {
             tokio::select! {
                 r = &mut join => break r,
+                cause = lost(&mut self.fate) => {
+                    info!(%cause, "the call was lost while the phone rang; cancelling it");
+                    phone.cancel().await.ok();
+                    dialogs.remove_dialog(&phone.id());
+                    self.owner.reject(Some(StatusCode::RequestTerminated), None).ok();
+                    return;
+                }
                 st = self.owner_states.recv() => match st {
                     Some(DialogState::Terminated(_, reason)) => {
                         info!(?reason, "owner withdrew the offer; cancelling the phone");
@@ -208,6 +277,12 @@ impl Leg {
         // Connected: whichever side hangs up first, hang up the other.
         loop {
             tokio::select! {
+                cause = lost(&mut self.fate) => {
+                    info!(%cause, "the call was lost (its owner is gone); hanging up the agent");
+                    phone.bye().await.ok();
+                    self.owner.bye().await.ok();
+                    break;
+                }
                 st = self.owner_states.recv() => match st {
                     Some(DialogState::Terminated(..)) | None => {
                         debug!("owner ended the leg");

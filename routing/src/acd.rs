@@ -144,7 +144,8 @@ impl Acd {
     /// Apply one command; returns events in order. An Err leaves the state unchanged.
     /// `at` older than the current `now` is clamped (now = max(now, at)).
     pub fn apply(&mut self, cmd: Command) -> Result<Vec<Event>, RoutingError> {
-        let now = self.now.max(cmd.at());
+        let at = cmd.at();
+        let now = self.now.max(at);
         let mut events = Vec::new();
         match cmd {
             Command::ConfigureQueue { queue, .. } => self.configure_queue(queue)?,
@@ -156,7 +157,8 @@ impl Acd {
                 ..
             } => {
                 self.check_node_up(node)?;
-                self.agent_login(&agent, &skills, node, &site, now, &mut events)?
+                let location = (node, site.as_str(), at);
+                self.agent_login(&agent, &skills, location, now, &mut events)?
             }
             Command::AgentLogout { agent, .. } => self.agent_logout(&agent, &mut events)?,
             Command::AgentReady { agent, .. } => self.agent_ready(&agent, now, &mut events)?,
@@ -543,15 +545,16 @@ impl Acd {
         Ok(())
     }
 
+    /// `location`: the node that holds the registration, its site, and the proposer's `at`.
     fn agent_login(
         &mut self,
         agent: &str,
         skills: &[String],
-        node: NodeId,
-        site: &str,
+        location: (NodeId, &str, Millis),
         now: Millis,
         events: &mut Vec<Event>,
     ) -> Result<(), RoutingError> {
+        let (node, site, at) = location;
         let skills = parse_skills(skills)?;
         match self.roster.get(agent).map(|a| &a.state) {
             None => {
@@ -564,16 +567,22 @@ impl Acd {
                 self.roster.add(agent, skills);
             }
             Some(AgentState::LoggedOut) => self.roster.set_skills(agent, skills),
-            Some(_) => {
+            Some(state) => {
                 // A re-registration (maybe at another node): new skills and location, and a
-                // pending logout is called off.
+                // pending logout is called off. An agent set not ready because their phone
+                // could not be reached is reachable again.
+                let unreachable = matches!(state, AgentState::NotReady { reason }
+                    if reason == OfferFailure::Unreachable.reason_code());
                 self.roster.set_skills(agent, skills);
                 self.roster.set_logout_pending(agent, false);
-                self.roster.set_location(agent, node, site);
+                self.roster.set_location(agent, node, site, at);
+                if unreachable {
+                    self.set_agent(agent, AgentState::Ready, now, events);
+                }
                 return Ok(());
             }
         }
-        self.roster.set_location(agent, node, site);
+        self.roster.set_location(agent, node, site, at);
         self.set_agent(agent, AgentState::Ready, now, events);
         Ok(())
     }
@@ -1237,7 +1246,8 @@ impl Acd {
     }
 
     /// Closes the calls an earlier run of `node` owned (those that arrived before this run
-    /// started); close_lost frees their agents and withdraws their offers.
+    /// started; close_lost frees their agents and withdraws their offers), and logs out the
+    /// agents whose registrations died with that run (located there before it started).
     fn close_earlier_run(
         &mut self,
         node: NodeId,
@@ -1254,6 +1264,44 @@ impl Acd {
         let cause = format!("node-restarted: n{node}");
         for call in owned {
             self.close_lost(&call, cause.clone(), now, events);
+        }
+        self.unlocate_agents(
+            node,
+            "node-restarted",
+            |a| a.located_at < started_at,
+            events,
+        );
+    }
+
+    /// Logs out the agents whose phones `node` held (those `which` picks): a ringing offer
+    /// goes back to its caller's queue; an agent on a call is logged out when it ends.
+    fn unlocate_agents(
+        &mut self,
+        node: NodeId,
+        reason: &str,
+        which: impl Fn(&crate::agent::Agent) -> bool,
+        events: &mut Vec<Event>,
+    ) {
+        let agents: Vec<(String, AgentState)> = self
+            .roster
+            .iter()
+            .filter(|(_, a)| a.node == node && a.state != AgentState::LoggedOut && which(a))
+            .map(|(id, a)| (id.clone(), a.state.clone()))
+            .collect();
+        for (agent, state) in agents {
+            match state {
+                AgentState::OnCall { .. } => {
+                    // The call's owner ends the call; the agent goes when it does.
+                    self.roster.set_logout_pending(&agent, true);
+                }
+                AgentState::Reserved { call } => {
+                    // Down or restarted, the node no longer holds the phone's registration.
+                    self.withdraw(&call, &agent, RevokeReason::AgentNodeDown, events);
+                    self.set_agent(&agent, AgentState::LoggedOut, 0, events);
+                }
+                _ => self.set_agent(&agent, AgentState::LoggedOut, 0, events),
+            }
+            self.roster.set_logout_reason(&agent, reason);
         }
     }
 
@@ -1274,26 +1322,7 @@ impl Acd {
         for call in owned {
             self.close_lost(&call, cause.clone(), now, events);
         }
-        let agents: Vec<(String, AgentState)> = self
-            .roster
-            .iter()
-            .filter(|(_, a)| a.node == node && a.state != AgentState::LoggedOut)
-            .map(|(id, a)| (id.clone(), a.state.clone()))
-            .collect();
-        for (agent, state) in agents {
-            match state {
-                AgentState::OnCall { .. } => {
-                    // The owner (alive) ends the call; the agent goes when it does.
-                    self.roster.set_logout_pending(&agent, true);
-                }
-                AgentState::Reserved { call } => {
-                    self.withdraw(&call, &agent, RevokeReason::AgentNodeDown, events);
-                    self.set_agent(&agent, AgentState::LoggedOut, 0, events);
-                }
-                _ => self.set_agent(&agent, AgentState::LoggedOut, 0, events),
-            }
-            self.roster.set_logout_reason(&agent, "node-down");
-        }
+        self.unlocate_agents(node, "node-down", |_| true, events);
     }
 
     /// Fires node lease lapses, due ring timeouts (oldest deadline first), due wrap-up

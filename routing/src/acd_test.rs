@@ -1420,6 +1420,75 @@ fn a_restarted_node_closes_what_its_earlier_run_held_and_keeps_new_calls() {
 }
 
 #[test]
+fn a_restart_logs_out_the_agents_whose_registrations_died_with_the_earlier_run() {
+    let mut acd = acd();
+    lease(&mut acd, 1, "hq", 0);
+    lease(&mut acd, 2, "branch", 0);
+    login_on(&mut acd, "old", 1, "hq", 0);
+    login_on(&mut acd, "idle", 1, "hq", 1);
+    // A call of n2 rings "old", the longest idle, at n1.
+    let events = enqueue_on(&mut acd, "c", 2, "branch", 10);
+    assert_eq!(offers(&events), [("c", "old")]);
+    // n1 restarts at 1,000; a phone registers with the new run before NodeStarted commits.
+    login_on(&mut acd, "fresh", 1, "hq", 1_100);
+    let events = ok(
+        &mut acd,
+        Command::NodeStarted {
+            node: 1,
+            site: "hq".into(),
+            started_at: 1_000,
+            at: 1_200,
+        },
+    );
+    assert_eq!(acd.agent_state("old"), Some(&AgentState::LoggedOut));
+    assert_eq!(acd.agent_state("idle"), Some(&AgentState::LoggedOut));
+    // The withdrawn offer goes to the one phone the new run holds.
+    assert_eq!(offers(&events), [("c", "fresh")]);
+    // The old phone registers again with the new run: ready.
+    login_on(&mut acd, "old", 1, "hq", 1_300);
+    assert_eq!(acd.agent_state("old"), Some(&AgentState::Ready));
+}
+
+#[test]
+fn an_agent_unreachable_at_offer_time_is_ready_again_when_the_phone_registers() {
+    let mut acd = acd();
+    lease(&mut acd, 1, "hq", 0);
+    login_on(&mut acd, "a", 1, "hq", 0);
+    let events = enqueue_on(&mut acd, "c", 1, "hq", 10);
+    assert_eq!(offers(&events), [("c", "a")]);
+    ok(
+        &mut acd,
+        Command::OfferFailed {
+            call: "c".into(),
+            agent: "a".into(),
+            failure: OfferFailure::Unreachable,
+            at: 20,
+        },
+    );
+    assert!(matches!(
+        acd.agent_state("a"),
+        Some(AgentState::NotReady { reason }) if reason == "unreachable"
+    ));
+    let events = login_on(&mut acd, "a", 1, "hq", 30);
+    assert_eq!(offers(&events), [("c", "a")]);
+    // A reason the agent chose survives a re-registration.
+    ok(
+        &mut acd,
+        Command::OfferFailed {
+            call: "c".into(),
+            agent: "a".into(),
+            failure: OfferFailure::Rejected,
+            at: 40,
+        },
+    );
+    login_on(&mut acd, "a", 1, "hq", 50);
+    assert!(matches!(
+        acd.agent_state("a"),
+        Some(AgentState::NotReady { reason }) if reason == "rejected"
+    ));
+}
+
+#[test]
 fn node_down_makes_its_agents_unreachable_and_requeues_their_offers() {
     let mut acd = acd();
     lease(&mut acd, 1, "hq", 0);

@@ -87,6 +87,9 @@ pub(crate) struct Agent {
     /// The node holding the phone's registration, and its site.
     pub(crate) node: NodeId,
     pub(crate) site: String,
+    /// The proposer's time (`at`, on that node's own clock) of the log-in that last set
+    /// `node`: a run of that node which started later never saw this registration.
+    pub(crate) located_at: Millis,
     /// Why the agent was logged out by the ACD itself (e.g. `node-down`); cleared at login.
     pub(crate) logout_reason: Option<String>,
     /// A supervisor forced not-ready during a call: applied when it ends.
@@ -165,6 +168,7 @@ impl Roster {
                 logout_pending: false,
                 node: 0,
                 site: String::new(),
+                located_at: 0,
                 logout_reason: None,
                 not_ready_after_call: None,
                 missed: 0,
@@ -179,9 +183,10 @@ impl Roster {
     }
 
     /// Records where the agent's phone is registered now.
-    pub(crate) fn set_location(&mut self, id: &str, node: NodeId, site: &str) {
+    pub(crate) fn set_location(&mut self, id: &str, node: NodeId, site: &str, at: Millis) {
         if let Some(agent) = self.agents.get_mut(id) {
             agent.node = node;
+            agent.located_at = at;
             if agent.site != site {
                 agent.site = site.to_owned();
             }
@@ -281,6 +286,7 @@ impl Canon for Agent {
             logout_pending,
             node,
             site,
+            located_at,
             logout_reason,
             not_ready_after_call,
             missed,
@@ -293,6 +299,7 @@ impl Canon for Agent {
         logout_pending.canon(h);
         node.canon(h);
         site.canon(h);
+        located_at.canon(h);
         logout_reason.canon(h);
         not_ready_after_call.canon(h);
         missed.canon(h);

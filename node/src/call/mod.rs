@@ -30,6 +30,7 @@ use tracing::{debug, info, warn, Instrument};
 
 use crate::clock::now_ms;
 use crate::node::Shared;
+use crate::routing_log::ProposeError;
 use crate::sip::{
     self, rsip, DialogState, DialogStateReceiver, InviteDialog, InviteOption, TerminatedReason,
 };
@@ -303,7 +304,7 @@ impl Call {
             &self.caller,
             offer,
         ) {
-            Ok(o) => o,
+            Ok(o) => with_call_header(o, &self.id),
             Err(e) => {
                 warn!(%agent, error = %e, "cannot build the agent INVITE");
                 self.offer_failed(&agent, OfferFailure::Unreachable).await;
@@ -420,10 +421,34 @@ impl Call {
             agent: agent.clone(),
             at: now_ms(),
         };
-        if let Err(e) = self.shared.routing.propose(cmd).await {
-            warn!(%agent, error = %e, "routing refused the connection; ending the call");
-            self.close_as_lost("connect-refused-by-routing").await;
-            return;
+        match self.shared.routing.propose(cmd).await {
+            Ok(()) => {}
+            Err(ProposeError::Refused(e))
+                if self
+                    .shared
+                    .routing
+                    .read(|acd| acd.call_owner(&self.id).is_some()) =>
+            {
+                // The offer was withdrawn while the phone answered (the ring timed out, or
+                // the agent's node was declared down): routing has the call back in line,
+                // so this agent hangs up and the caller waits for the next offer.
+                warn!(%agent, error = %e, "the offer was withdrawn as the agent answered; waiting again");
+                if let Phase::Connected { dialog } =
+                    std::mem::replace(&mut self.phase, Phase::Ending)
+                {
+                    self.remove_dialog(&dialog);
+                    dialog.bye().await.ok();
+                }
+                self.callback.agent_leg = None;
+                self.agent_states = None;
+                self.back_to_waiting();
+                return;
+            }
+            Err(e) => {
+                warn!(%agent, error = %e, "routing refused the connection; ending the call");
+                self.close_as_lost("connect-refused-by-routing").await;
+                return;
+            }
         }
         if self.callback.number.is_some() {
             self.dial_customer().await;
@@ -866,6 +891,19 @@ pub fn agent_invite(
         offer: Some(offer.into_bytes()),
         ..Default::default()
     })
+}
+
+/// The header that carries Carillon's call id on an INVITE to an agent: a peer node's leg
+/// names its logs by it and watches the call's fate in the routing state through it.
+pub const CALL_HEADER: &str = "X-Carillon-Call";
+
+/// `options` with [`CALL_HEADER`] set to `call`.
+pub fn with_call_header(mut options: InviteOption, call: &str) -> InviteOption {
+    options
+        .headers
+        .get_or_insert_with(Vec::new)
+        .push(rsip::Header::Other(CALL_HEADER.into(), call.into()));
+    options
 }
 
 /// Turns the recorder's stereo file (caller left, agent silent) into the mailbox's mono

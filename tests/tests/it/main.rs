@@ -11,6 +11,7 @@ mod calls_bulk;
 mod chaos;
 mod cluster;
 mod cluster_membership;
+mod cluster_owner_loss;
 mod demo_cluster;
 mod example_single_node;
 mod malformed;
