@@ -61,6 +61,9 @@ pub struct Config {
     /// How voicemail exits take their messages.
     #[serde(default)]
     pub voicemail: VoicemailSection,
+    /// Call recording: on for every bridged call unless turned off here or per queue.
+    #[serde(default)]
+    pub recording: crate::recording::RecordingSection,
     /// Callback in queue; absent: callers cannot ask to be called back.
     #[serde(default)]
     pub callback: Option<CallbackSection>,
@@ -229,6 +232,9 @@ pub struct QueueSection {
     /// Least time between two callback attempts.
     #[serde(default)]
     pub callback_gap_s: f64,
+    /// Record this queue's calls; absent: as `[recording].enabled` says.
+    #[serde(default)]
+    pub record: Option<bool>,
 }
 
 /// One escalation step: from `after_s` of waiting on, agents at `min_level` or above will do.
@@ -1126,6 +1132,7 @@ impl Config {
                 format!("must be between 1 and {MESSAGE_LENGTH_S_MAX} seconds"),
             ));
         }
+        crate::recording::validate(&self.recording, &bad)?;
         Ok(())
     }
 

@@ -183,6 +183,52 @@ pub enum CtlCmd {
         #[command(subcommand)]
         action: VoicemailCmd,
     },
+    /// Call recordings made on the node (supervisor tokens).
+    Recordings {
+        #[command(subcommand)]
+        action: RecordingsCmd,
+    },
+}
+
+#[derive(clap::Subcommand)]
+pub enum RecordingsCmd {
+    /// Recordings matching every filter given, oldest first. Times are a date (2024-05-01,
+    /// midnight UTC; as --to, the whole day), an RFC 3339 time (2024-05-01T10:30:00Z) or
+    /// Unix ms.
+    Search {
+        /// Started at or after this time.
+        #[arg(long, value_parser = parse_from)]
+        from: Option<u64>,
+        /// Started before this time.
+        #[arg(long, value_parser = parse_to)]
+        to: Option<u64>,
+        /// The caller's number, exactly as the trunk sent it.
+        #[arg(long)]
+        number: Option<String>,
+        #[arg(long)]
+        agent: Option<String>,
+        #[arg(long)]
+        queue: Option<String>,
+        /// At least this many seconds long.
+        #[arg(long, value_parser = crate::recording::parse_seconds)]
+        min_duration: Option<u64>,
+        /// At most this many seconds long.
+        #[arg(long, value_parser = crate::recording::parse_seconds)]
+        max_duration: Option<u64>,
+        /// At most this many recordings.
+        #[arg(long, default_value_t = 1000)]
+        limit: u32,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn parse_from(text: &str) -> Result<u64, String> {
+    crate::recording::parse_time(text, false)
+}
+
+fn parse_to(text: &str) -> Result<u64, String> {
+    crate::recording::parse_time(text, true)
 }
 
 #[derive(clap::Subcommand)]
@@ -438,6 +484,32 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
         CtlCmd::Voicemail {
             action: VoicemailCmd::List { queue, json },
         } => voicemail_list(&t, queue.unwrap_or_default(), json).await,
+        CtlCmd::Recordings {
+            action:
+                RecordingsCmd::Search {
+                    from,
+                    to,
+                    number,
+                    agent,
+                    queue,
+                    min_duration,
+                    max_duration,
+                    limit,
+                    json,
+                },
+        } => {
+            let req = pb::SearchRecordingsRequest {
+                from_ms: from,
+                to_ms: to,
+                number: number.unwrap_or_default(),
+                agent: agent.unwrap_or_default(),
+                queue: queue.unwrap_or_default(),
+                min_duration_ms: min_duration,
+                max_duration_ms: max_duration,
+                limit,
+            };
+            recordings_search(&t, req, json).await
+        }
     }
 }
 
@@ -912,6 +984,77 @@ pub async fn voicemail_list(t: &Target, mailbox: String, json: bool) -> anyhow::
         );
     }
     println!("{} message(s)", reply.messages.len());
+    Ok(())
+}
+
+/// `ctl recordings search`: matching recordings with call, agent, caller, start, length,
+/// size and file.
+pub async fn recordings_search(
+    t: &Target,
+    req: pb::SearchRecordingsRequest,
+    json: bool,
+) -> anyhow::Result<()> {
+    let reply = t
+        .connect()
+        .await?
+        .records()
+        .search_recordings(req)
+        .await
+        .map_err(explain)?
+        .into_inner();
+    if json {
+        let rows: Vec<serde_json::Value> = reply
+            .recordings
+            .iter()
+            .map(|r| {
+                serde_json::json!({
+                    "call_id": r.call_id,
+                    "agent": r.agent,
+                    "queue": r.queue,
+                    "caller": r.caller,
+                    "start_ms": r.start_ms,
+                    "duration_ms": r.duration_ms,
+                    "path": r.path,
+                    "size_bytes": r.size_bytes,
+                    "node": r.node,
+                    "frames_dropped": r.frames_dropped,
+                    "paused": r.paused,
+                })
+            })
+            .collect();
+        return print_json(&serde_json::json!({
+            "recordings": rows,
+            "truncated": reply.truncated,
+        }));
+    }
+    println!(
+        "{:<28} {:<8} {:<10} {:<14} {:<24} {:>8} {:>10}  FILE",
+        "CALL ID", "AGENT", "QUEUE", "CALLER", "START (UTC)", "LENGTH S", "BYTES"
+    );
+    for r in &reply.recordings {
+        println!(
+            "{:<28} {:<8} {:<10} {:<14} {:<24} {:>8.1} {:>10}  {}{}",
+            r.call_id,
+            truncate(&r.agent, 8),
+            truncate(&r.queue, 10),
+            truncate(&r.caller, 14),
+            crate::recording::format_utc(r.start_ms),
+            r.duration_ms as f64 / 1000.0,
+            r.size_bytes,
+            r.path,
+            if r.paused {
+                "  (cut short at the disk limit)"
+            } else {
+                ""
+            }
+        );
+    }
+    let more = if reply.truncated {
+        " (more matched: narrow the search or raise --limit)"
+    } else {
+        ""
+    };
+    println!("{} recording(s){more}", reply.recordings.len());
     Ok(())
 }
 

@@ -23,7 +23,7 @@ use anyhow::Context as _;
 use carillon_ops::api::v1 as pb;
 use carillon_ops::audit::{AuditEntry, AuditLog};
 use carillon_ops::auth::{AuthError, Principal, Role, TokenGrant, Tokens};
-use carillon_ops::records::Cdr;
+use carillon_ops::records::{Cdr, RecordingEntry, RecordingQuery};
 use carillon_routing::{AgentState, Command, Event, ForcedState, QueueConfig, Strategy, Vip};
 use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinHandle;
@@ -1385,6 +1385,66 @@ pub fn cdr_from_pb(c: pb::Cdr) -> Cdr {
     }
 }
 
+/// A search request as the record store takes it (empty text: no filter).
+fn recording_query(r: &pb::SearchRecordingsRequest) -> RecordingQuery {
+    let text = |t: &str| (!t.is_empty()).then(|| t.to_string());
+    RecordingQuery {
+        from_ms: r.from_ms,
+        to_ms: r.to_ms,
+        number: text(&r.number),
+        agent: text(&r.agent),
+        queue: text(&r.queue),
+        min_duration_ms: r.min_duration_ms,
+        max_duration_ms: r.max_duration_ms,
+        limit: page(r.limit),
+    }
+}
+
+/// A search's filters for the audit log, e.g. `agent=1001 from_ms=1714521600000`.
+fn describe_query(q: &RecordingQuery) -> String {
+    let mut parts = Vec::new();
+    let mut text = |name: &str, v: &Option<String>| {
+        if let Some(v) = v {
+            parts.push(format!("{name}={v}"));
+        }
+    };
+    text("number", &q.number);
+    text("agent", &q.agent);
+    text("queue", &q.queue);
+    for (name, v) in [
+        ("from_ms", q.from_ms),
+        ("to_ms", q.to_ms),
+        ("min_duration_ms", q.min_duration_ms),
+        ("max_duration_ms", q.max_duration_ms),
+    ] {
+        if let Some(v) = v {
+            parts.push(format!("{name}={v}"));
+        }
+    }
+    if parts.is_empty() {
+        "all recordings".into()
+    } else {
+        parts.join(" ")
+    }
+}
+
+/// An indexed recording on the wire.
+fn recording_to_pb(r: RecordingEntry) -> pb::Recording {
+    pb::Recording {
+        call_id: r.call_id,
+        agent: r.agent,
+        queue: r.queue,
+        caller: r.caller,
+        start_ms: r.start_ms,
+        duration_ms: r.duration_ms,
+        path: r.path,
+        size_bytes: r.size_bytes,
+        node: r.node,
+        frames_dropped: r.frames_dropped,
+        paused: r.paused,
+    }
+}
+
 #[tonic::async_trait]
 impl pb::record_service_server::RecordService for Api {
     async fn list_cdrs(
@@ -1408,23 +1468,44 @@ impl pb::record_service_server::RecordService for Api {
         }))
     }
 
-    async fn list_recordings(
+    async fn search_recordings(
         &self,
-        req: Request<pb::ListRecordingsRequest>,
-    ) -> Result<Response<pb::ListRecordingsReply>, Status> {
-        let call = req.get_ref().call.clone();
+        req: Request<pb::SearchRecordingsRequest>,
+    ) -> Result<Response<pb::SearchRecordingsReply>, Status> {
+        let r = req.get_ref().clone();
+        for (field, text) in [
+            ("number", &r.number),
+            ("agent", &r.agent),
+            ("queue", &r.queue),
+        ] {
+            check_text(field, text, false)?;
+        }
+        let query = recording_query(&r);
+        let target = describe_query(&query);
         let ctx = self.authorize(
             &req,
-            "RecordService.ListRecordings",
+            "RecordService.SearchRecordings",
             Role::Supervisor,
-            &call,
+            &target,
         )?;
-        Err(self.unimplemented(
+        let records = Arc::clone(&self.shared.records);
+        let found = tokio::task::spawn_blocking(move || records.search_recordings(&query))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| Status::internal(e.to_string()))?;
+        // Listening to calls is sensitive: who searched for what stays in the audit log.
+        self.audit(
             &ctx,
-            &call,
-            "recording queries are not implemented: calls are not recorded to disk yet",
-        ))
+            &target,
+            "allowed",
+            &format!("{} recording(s)", found.recordings.len()),
+        );
+        Ok(Response::new(pb::SearchRecordingsReply {
+            recordings: found.recordings.into_iter().map(recording_to_pb).collect(),
+            truncated: found.truncated,
+        }))
     }
+
     async fn list_voicemail(
         &self,
         req: Request<pb::ListVoicemailRequest>,

@@ -6,9 +6,9 @@
 //! phones), `call` (the B2BUA call task), `routing_log` (the path to the routing state
 //! machine), `http` (health, readiness, status, CDRs, `/metrics`), `metrics` (Prometheus
 //! series), `grpc` (the gRPC API over the node's state), `ctl` (its admin client), `node`
-//! (wiring), `sim` and `demo` (simulated phones and callers, real SIP/RTP clients over
-//! rsipstack used by `carillon demo` and tests, not by the node's own SIP path), `bench`
-//! (benchmarks).
+//! (wiring), `recording` (which calls are recorded, and their index), `sim` and `demo`
+//! (simulated phones and callers, real SIP/RTP clients over rsipstack used by `carillon
+//! demo` and tests, not by the node's own SIP path), `bench` (benchmarks).
 //! The ACD itself lives in `carillon-routing`, RTP in `carillon-media`, records in
 //! `carillon-ops`.
 
@@ -27,6 +27,7 @@ pub mod http;
 pub mod metrics;
 pub mod node;
 pub mod peer_leg;
+pub mod recording;
 pub mod registrar;
 pub mod routing_log;
 pub mod sim;

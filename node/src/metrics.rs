@@ -12,7 +12,6 @@
 //! that runs several nodes in-process sees their event counters summed.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 
@@ -25,8 +24,6 @@ use crate::node::Shared;
 /// A call answered within this wait counts toward the service level (the common
 /// 80/20 target's 20 seconds).
 pub const SERVICE_LEVEL_THRESHOLD_MS: u64 = 20_000;
-/// Files the recording-disk walk looks at, at most, per scrape.
-const RECORDING_FILES_MAX: usize = 100_000;
 
 /// Latency buckets in seconds: routing commands commit in well under a millisecond
 /// standalone and in milliseconds to a second through Raft over a WAN.
@@ -114,11 +111,7 @@ fn describe() {
         "carillon_raft_commit_lag_entries",
         "Log entries this node holds but has not applied yet."
     );
-    describe_gauge!(
-        "carillon_recording_disk_bytes",
-        Unit::Bytes,
-        "Bytes under <data_dir>/recordings (0 until call recording writes files)."
-    );
+    crate::recording::describe_metrics();
 }
 
 /// One SIP request answered with `status`.
@@ -257,8 +250,7 @@ fn refresh(shared: &Shared) {
         gauge!("carillon_raft_last_applied_index").set(applied as f64);
         gauge!("carillon_raft_commit_lag_entries").set(last_log.saturating_sub(applied) as f64);
     }
-    let recordings = shared.config.data_dir().join("recordings");
-    gauge!("carillon_recording_disk_bytes").set(dir_bytes(&recordings) as f64);
+    crate::recording::refresh_metrics(shared);
 }
 
 /// Every configured agent the routing state knows, counted by state and site (every
@@ -314,30 +306,6 @@ fn set_one(name: &'static str, a: &str, b: &str, v: f64) {
     }
 }
 
-/// Bytes in regular files under `dir` (0 when it does not exist), bounded in files.
-fn dir_bytes(dir: &Path) -> u64 {
-    let mut total = 0;
-    let mut files = 0;
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            files += 1;
-            if files > RECORDING_FILES_MAX {
-                return total;
-            }
-            match entry.metadata() {
-                Ok(m) if m.is_dir() => stack.push(entry.path()),
-                Ok(m) => total += m.len(),
-                Err(_) => {}
-            }
-        }
-    }
-    total
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -382,14 +350,5 @@ mod tests {
             text.contains(r#"carillon_rtp_packets_total{direction="agent_to_caller"}"#),
             "{text}"
         );
-    }
-
-    #[test]
-    fn dir_bytes_of_a_missing_dir_is_zero() {
-        assert_eq!(dir_bytes(Path::new("/nonexistent/carillon/recordings")), 0);
-        let dir = tempfile::tempdir().expect("temp dir");
-        std::fs::create_dir(dir.path().join("a")).expect("mkdir");
-        std::fs::write(dir.path().join("a/x.wav"), [0u8; 100]).expect("write");
-        assert_eq!(dir_bytes(dir.path()), 100);
     }
 }

@@ -42,6 +42,8 @@ pub struct Shared {
     pub ports: Arc<PortPool>,
     pub hold_music: Arc<Prompt>,
     pub records: Arc<dyn RecordStore>,
+    /// Call recording: settings, disk use, alarms ([`crate::recording`]).
+    pub recorder: Arc<carillon_media::Recorder>,
     pub trunks: Vec<(String, Vec<Cidr>)>,
     pub counters: Counters,
     registrar: Mutex<Registrar>,
@@ -182,6 +184,7 @@ impl Node {
             .with_context(|| format!("node.data_dir: cannot create {}", data_dir.display()))?;
         let records: Arc<dyn RecordStore> =
             Arc::new(RedbRecordStore::open(&data_dir.join("records.redb"))?);
+        let recorder = crate::recording::recorder(&config)?;
         let hold_path = config.hold_music_path();
         let hold_music =
             Arc::new(Prompt::load_wav(&hold_path).with_context(|| "media.hold_music".to_string())?);
@@ -220,6 +223,7 @@ impl Node {
             ports,
             hold_music,
             records,
+            recorder,
             counters: Counters::default(),
             registrar: Mutex::new(registrar),
             active_calls: AtomicUsize::new(0),
@@ -233,6 +237,7 @@ impl Node {
             tokio::spawn(ticker(shared.clone())),
             tokio::spawn(expiry_sweeper(shared.clone())),
             tokio::spawn(crate::http::serve(http, shared.clone())),
+            tokio::spawn(crate::recording::upkeep(shared.clone())),
         ];
         if let Some((_, grpc)) = crate::grpc::start(shared.clone()).await? {
             tasks.push(grpc);

@@ -1,8 +1,13 @@
-//! Call detail records and the store that keeps them.
+//! Call detail records, the index of call recordings, and the store that keeps them.
 //!
 //! One [`Cdr`] per call that reached a node (answered, abandoned, lost, ...). Keys are the
 //! arrival time then the call id, so a scan returns calls in arrival order and two calls
 //! arriving in the same millisecond never collide.
+//!
+//! One [`RecordingEntry`] per recorded call, keyed the same way by the recording's start.
+//! Two index tables, by agent and by caller number (each `(who, start, call id)`), let a
+//! [`RecordingQuery`] that names an agent or a number read only that one's recordings;
+//! every other filter (date range, queue, duration) is applied while scanning.
 
 use std::path::Path;
 
@@ -12,6 +17,17 @@ use serde::{Deserialize, Serialize};
 /// Key: (arrived_at_ms, call_id). Value: the CDR as JSON (stable, readable, and tolerant of
 /// added fields when an older node reads a newer record).
 const CDRS: TableDefinition<(u64, &str), &[u8]> = TableDefinition::new("cdrs");
+/// Key: (start_ms, call_id). Value: the [`RecordingEntry`] as JSON.
+const RECORDINGS: TableDefinition<(u64, &str), &[u8]> = TableDefinition::new("recordings");
+/// Key: (agent, start_ms, call_id); the entry itself lives in [`RECORDINGS`].
+const RECORDINGS_BY_AGENT: TableDefinition<(&str, u64, &str), ()> =
+    TableDefinition::new("recordings_by_agent");
+/// Key: (caller number, start_ms, call_id).
+const RECORDINGS_BY_CALLER: TableDefinition<(&str, u64, &str), ()> =
+    TableDefinition::new("recordings_by_caller");
+
+/// Largest number of recordings one search returns.
+pub const RECORDING_SEARCH_LIMIT_MAX: usize = 100_000;
 
 /// One call's record, written once when the call ends.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -44,6 +60,74 @@ pub struct Cdr {
     pub rtp_agent_to_caller: u64,
     /// The node that owned the call.
     pub node: String,
+}
+
+/// One call's recording: what it was, where the file is, how long and how big.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordingEntry {
+    pub call_id: String,
+    pub agent: String,
+    pub queue: String,
+    /// The caller's number as the trunk sent it.
+    pub caller: String,
+    /// When recording began (the bridge), Unix ms.
+    pub start_ms: u64,
+    /// Audio in the file, ms.
+    pub duration_ms: u64,
+    /// The WAV file on the recording node.
+    pub path: String,
+    pub size_bytes: u64,
+    /// The node that recorded it (the one holding the caller's media).
+    pub node: String,
+    /// Audio frames lost to a slow disk or arriving too late to place.
+    #[serde(default)]
+    pub frames_dropped: u64,
+    /// True if the disk limit cut the recording short.
+    #[serde(default)]
+    pub paused: bool,
+}
+
+/// Which recordings a search wants. Every filter left `None` matches everything; bounds
+/// are inclusive except `to_ms`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RecordingQuery {
+    /// Started at or after (Unix ms).
+    pub from_ms: Option<u64>,
+    /// Started before (Unix ms).
+    pub to_ms: Option<u64>,
+    /// The caller's number, exactly.
+    pub number: Option<String>,
+    pub agent: Option<String>,
+    pub queue: Option<String>,
+    pub min_duration_ms: Option<u64>,
+    pub max_duration_ms: Option<u64>,
+    /// At most this many, oldest first.
+    pub limit: usize,
+}
+
+impl RecordingQuery {
+    /// Whether `entry` passes every filter.
+    pub fn matches(&self, entry: &RecordingEntry) -> bool {
+        let text = |want: &Option<String>, have: &str| want.as_deref().is_none_or(|w| w == have);
+        self.from_ms.is_none_or(|f| entry.start_ms >= f)
+            && self.to_ms.is_none_or(|t| entry.start_ms < t)
+            && text(&self.number, &entry.caller)
+            && text(&self.agent, &entry.agent)
+            && text(&self.queue, &entry.queue)
+            && self.min_duration_ms.is_none_or(|m| entry.duration_ms >= m)
+            && self.max_duration_ms.is_none_or(|m| entry.duration_ms <= m)
+    }
+
+    fn start_range(&self) -> (u64, u64) {
+        (self.from_ms.unwrap_or(0), self.to_ms.unwrap_or(u64::MAX))
+    }
+}
+
+/// What a search found: matches oldest first, and whether the limit cut it short.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RecordingSearch {
+    pub recordings: Vec<RecordingEntry>,
+    pub truncated: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -82,6 +166,12 @@ pub trait RecordStore: Send + Sync {
     /// CDRs in arrival order, optionally only those that arrived at or after `since_ms`,
     /// at most `limit` of them.
     fn list_cdrs(&self, since_ms: u64, limit: usize) -> Result<Vec<Cdr>, RecordError>;
+    /// Indexes one finished recording (a second put for the same start and call replaces
+    /// the first).
+    fn put_recording(&self, entry: &RecordingEntry) -> Result<(), RecordError>;
+    /// Recordings matching `query`, oldest first, at most `query.limit` (clamped to
+    /// [`RECORDING_SEARCH_LIMIT_MAX`]).
+    fn search_recordings(&self, query: &RecordingQuery) -> Result<RecordingSearch, RecordError>;
 }
 
 /// The embedded default: one redb file in the node's data directory.
@@ -97,6 +187,9 @@ impl RedbRecordStore {
         })?;
         let txn = db.begin_write()?;
         txn.open_table(CDRS)?;
+        txn.open_table(RECORDINGS)?;
+        txn.open_table(RECORDINGS_BY_AGENT)?;
+        txn.open_table(RECORDINGS_BY_CALLER)?;
         txn.commit()?;
         Ok(Self { db })
     }
@@ -126,6 +219,72 @@ impl RecordStore for RedbRecordStore {
             out.push(serde_json::from_slice(value.value())?);
         }
         Ok(out)
+    }
+
+    fn put_recording(&self, entry: &RecordingEntry) -> Result<(), RecordError> {
+        let value = serde_json::to_vec(entry)?;
+        let id = entry.call_id.as_str();
+        let txn = self.db.begin_write()?;
+        {
+            let mut table = txn.open_table(RECORDINGS)?;
+            table.insert((entry.start_ms, id), value.as_slice())?;
+            let mut by_agent = txn.open_table(RECORDINGS_BY_AGENT)?;
+            by_agent.insert((entry.agent.as_str(), entry.start_ms, id), ())?;
+            let mut by_caller = txn.open_table(RECORDINGS_BY_CALLER)?;
+            by_caller.insert((entry.caller.as_str(), entry.start_ms, id), ())?;
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    fn search_recordings(&self, query: &RecordingQuery) -> Result<RecordingSearch, RecordError> {
+        let limit = query.limit.min(RECORDING_SEARCH_LIMIT_MAX);
+        let (from, to) = query.start_range();
+        let mut found = RecordingSearch::default();
+        if from >= to {
+            return Ok(found);
+        }
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(RECORDINGS)?;
+        let take = |value: &[u8], found: &mut RecordingSearch| -> Result<bool, RecordError> {
+            let entry: RecordingEntry = serde_json::from_slice(value)?;
+            if !query.matches(&entry) {
+                return Ok(true);
+            }
+            if found.recordings.len() >= limit {
+                found.truncated = true;
+                return Ok(false);
+            }
+            found.recordings.push(entry);
+            Ok(true)
+        };
+        // A named number or agent reads only its own slice of an index, in start order.
+        let index = match (&query.number, &query.agent) {
+            (Some(n), _) => Some((RECORDINGS_BY_CALLER, n.as_str())),
+            (None, Some(a)) => Some((RECORDINGS_BY_AGENT, a.as_str())),
+            (None, None) => None,
+        };
+        if let Some((def, who)) = index {
+            let index = txn.open_table(def)?;
+            for key in index.range((who, from, "")..(who, to, ""))? {
+                let (key, _) = key?;
+                let (_, start, id) = key.value();
+                let Some(value) = table.get((start, id))? else {
+                    continue;
+                };
+                if !take(value.value(), &mut found)? {
+                    break;
+                }
+            }
+        } else {
+            for entry in table.range((from, "")..(to, ""))? {
+                let (_, value) = entry?;
+                if !take(value.value(), &mut found)? {
+                    break;
+                }
+            }
+        }
+        Ok(found)
     }
 }
 
@@ -174,5 +333,100 @@ mod tests {
         assert_eq!(all[0], cdr("a", 10));
         assert_eq!(store.list_cdrs(15, 100).expect("list").len(), 2);
         assert_eq!(store.list_cdrs(0, 1).expect("list").len(), 1);
+    }
+
+    fn rec(
+        id: &str,
+        start: u64,
+        agent: &str,
+        caller: &str,
+        queue: &str,
+        secs: u64,
+    ) -> RecordingEntry {
+        RecordingEntry {
+            call_id: id.into(),
+            agent: agent.into(),
+            queue: queue.into(),
+            caller: caller.into(),
+            start_ms: start,
+            duration_ms: secs * 1000,
+            path: format!("/rec/{start}-{id}.wav"),
+            size_bytes: secs * 32_000 + 44,
+            node: "n1".into(),
+            frames_dropped: 0,
+            paused: false,
+        }
+    }
+
+    fn ids(found: &RecordingSearch) -> Vec<&str> {
+        found
+            .recordings
+            .iter()
+            .map(|r| r.call_id.as_str())
+            .collect()
+    }
+
+    #[test]
+    fn recordings_are_found_by_every_filter_and_survive_reopen() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("records.redb");
+        {
+            let store = RedbRecordStore::open(&path).expect("open");
+            store
+                .put_recording(&rec("c", 3_000, "1002", "555", "sales", 60))
+                .expect("put");
+            store
+                .put_recording(&rec("a", 1_000, "1001", "555", "support", 10))
+                .expect("put");
+            store
+                .put_recording(&rec("b", 2_000, "1001", "777", "support", 30))
+                .expect("put");
+            store
+                .put_recording(&rec("d", 4_000, "1001", "555", "support", 5))
+                .expect("put");
+        }
+        let store = RedbRecordStore::open(&path).expect("reopen");
+        let q = |f: &dyn Fn(&mut RecordingQuery)| {
+            let mut query = RecordingQuery {
+                limit: 100,
+                ..Default::default()
+            };
+            f(&mut query);
+            store.search_recordings(&query).expect("search")
+        };
+        assert_eq!(ids(&q(&|_| {})), ["a", "b", "c", "d"]);
+        assert_eq!(
+            q(&|_| {}).recordings[0],
+            rec("a", 1_000, "1001", "555", "support", 10)
+        );
+        assert_eq!(ids(&q(&|q| q.from_ms = Some(2_000))), ["b", "c", "d"]);
+        assert_eq!(ids(&q(&|q| q.to_ms = Some(3_000))), ["a", "b"]);
+        let window = q(&|q| {
+            q.from_ms = Some(1_500);
+            q.to_ms = Some(3_500);
+        });
+        assert_eq!(ids(&window), ["b", "c"]);
+        assert_eq!(ids(&q(&|q| q.number = Some("555".into()))), ["a", "c", "d"]);
+        assert_eq!(ids(&q(&|q| q.agent = Some("1001".into()))), ["a", "b", "d"]);
+        assert_eq!(ids(&q(&|q| q.queue = Some("sales".into()))), ["c"]);
+        assert_eq!(ids(&q(&|q| q.min_duration_ms = Some(30_000))), ["b", "c"]);
+        assert_eq!(ids(&q(&|q| q.max_duration_ms = Some(10_000))), ["a", "d"]);
+        let both = q(&|q| {
+            q.number = Some("555".into());
+            q.agent = Some("1001".into());
+            q.from_ms = Some(2_000);
+        });
+        assert_eq!(ids(&both), ["d"]);
+        assert!(q(&|q| q.agent = Some("9999".into())).recordings.is_empty());
+        assert!(q(&|q| {
+            q.from_ms = Some(5_000);
+            q.to_ms = Some(1_000);
+        })
+        .recordings
+        .is_empty());
+        let cut = q(&|q| q.limit = 2);
+        assert_eq!(ids(&cut), ["a", "b"]);
+        assert!(cut.truncated);
+        assert!(!q(&|q| q.limit = 4).truncated);
     }
 }

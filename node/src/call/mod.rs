@@ -209,6 +209,7 @@ impl Call {
         if let Some(action) = self.exit_action() {
             self.take_exit(action).await;
         }
+        crate::recording::finish(&self.shared, &self.media).await;
         self.store_record();
         self.finish_without_record();
     }
@@ -416,6 +417,10 @@ impl Call {
         let agent = leg.agent.clone();
         self.phase = Phase::Connected { dialog: leg.dialog };
         info!(%agent, "agent answered; legs bridged");
+        if self.callback.number.is_none() {
+            let (id, queue, caller) = (&self.id, &self.queue, &self.caller);
+            crate::recording::start(&self.shared, &self.media, id, &agent, queue, caller);
+        }
         let cmd = Command::Connected {
             call: self.id.clone(),
             agent: agent.clone(),

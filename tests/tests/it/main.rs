@@ -16,6 +16,7 @@ mod demo_cluster;
 mod example_single_node;
 mod malformed;
 mod overload;
+mod recording;
 mod refusals;
 mod register_auth;
 mod register_tcp;
