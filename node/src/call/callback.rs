@@ -36,8 +36,9 @@ pub(super) struct CallbackState {
     pub(super) number: Option<String>,
     /// The highest `CallbackOffered` attempt acted on.
     attempt: u32,
-    /// The answered agent's media, bridged when the customer answers.
+    /// The answered agent's media, bridged when the customer answers, and who they are.
     pub(super) agent_leg: Option<MediaLeg>,
+    pub(super) agent: Option<String>,
     /// The customer INVITE in flight.
     pub(super) ringing: Option<InviteDialog>,
     /// Routing's event stream, while the callback waits for its turn.
@@ -57,6 +58,7 @@ impl CallbackState {
             number: None,
             attempt: 0,
             agent_leg: None,
+            agent: None,
             ringing: None,
             watch: None,
             states_tx: None,
@@ -336,6 +338,16 @@ impl Call {
         old.stop();
         self.caller_dialog = outcome.dialog;
         info!("callback customer answered; legs bridged");
+        let agent = self.callback.agent.clone().unwrap_or_default();
+        let customer = self.callback.number.clone().unwrap_or_default();
+        crate::recording::start(
+            &self.shared,
+            &self.media,
+            &self.id,
+            &agent,
+            &self.queue,
+            &customer,
+        );
         metrics::counter!("carillon_callbacks_connected_total").increment(1);
     }
 
@@ -348,6 +360,7 @@ impl Call {
         }
         self.agent_states = None;
         self.callback.agent_leg = None;
+        self.callback.agent = None;
         // The next attempt's customer dialog reports into a fresh channel.
         let (tx, rx) = self.shared.sip.dialogs.new_dialog_state_channel();
         self.caller_states = rx;

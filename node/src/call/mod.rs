@@ -411,23 +411,26 @@ impl Call {
         if self.callback.number.is_some() {
             // A callback: the agent waits in silence while the customer is dialled.
             self.callback.agent_leg = Some(agent_leg);
+            self.callback.agent = Some(leg.agent.clone());
         } else {
             self.media.bridge(agent_leg);
         }
         let agent = leg.agent.clone();
         self.phase = Phase::Connected { dialog: leg.dialog };
         info!(%agent, "agent answered; legs bridged");
-        if self.callback.number.is_none() {
-            let (id, queue, caller) = (&self.id, &self.queue, &self.caller);
-            crate::recording::start(&self.shared, &self.media, id, &agent, queue, caller);
-        }
         let cmd = Command::Connected {
             call: self.id.clone(),
             agent: agent.clone(),
             at: now_ms(),
         };
         match self.shared.routing.propose(cmd).await {
-            Ok(()) => {}
+            Ok(()) => {
+                // A callback is recorded once the customer answers.
+                if self.callback.number.is_none() {
+                    let (id, queue, caller) = (&self.id, &self.queue, &self.caller);
+                    crate::recording::start(&self.shared, &self.media, id, &agent, queue, caller);
+                }
+            }
             Err(ProposeError::Refused(e))
                 if self
                     .shared
@@ -445,6 +448,7 @@ impl Call {
                     dialog.bye().await.ok();
                 }
                 self.callback.agent_leg = None;
+                self.callback.agent = None;
                 self.agent_states = None;
                 self.back_to_waiting();
                 return;

@@ -421,6 +421,26 @@ digit_timeout_s = 3
     customer
         .wait(Duration::from_secs(10))
         .assert_success("the customer is hung up on after the agent leaves");
+    // The callback leg (agent and customer) is recorded like any call.
+    let wavs = wav_files(&node.dir().join("data").join("recordings"));
+    assert_eq!(wavs.len(), 1, "one recording of the callback: {wavs:?}");
+}
+
+/// Every .wav file under `dir`, at any depth.
+fn wav_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let mut dirs = vec![dir.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "wav") {
+                found.push(path);
+            }
+        }
+    }
+    found
 }
 
 /// A closed queue (no opening hours) whose after-hours action is a prompt and hang-up: the
