@@ -63,6 +63,9 @@ pub struct Counters {
     pub calls_answered: AtomicU64,
     pub calls_abandoned: AtomicU64,
     pub calls_lost: AtomicU64,
+    /// Left by an exit action (voicemail, refused, after hours) or an unanswered callback:
+    /// handled as configured, not lost.
+    pub calls_exited: AtomicU64,
     pub rtp_relayed: AtomicU64,
 }
 
@@ -72,7 +75,8 @@ impl Counters {
         let c = match cdr.disposition.as_str() {
             "answered" => &self.calls_answered,
             "abandoned" => &self.calls_abandoned,
-            _ => &self.calls_lost,
+            "lost" => &self.calls_lost,
+            _ => &self.calls_exited,
         };
         c.fetch_add(1, Ordering::Relaxed);
         self.rtp_relayed.fetch_add(
@@ -139,6 +143,7 @@ pub struct CallCounts {
     pub answered: u64,
     pub abandoned: u64,
     pub lost: u64,
+    pub exited: u64,
     pub rtp_relayed: u64,
 }
 
@@ -154,6 +159,7 @@ impl Shared {
                 answered: c.calls_answered.load(Ordering::Relaxed),
                 abandoned: c.calls_abandoned.load(Ordering::Relaxed),
                 lost: c.calls_lost.load(Ordering::Relaxed),
+                exited: c.calls_exited.load(Ordering::Relaxed),
                 rtp_relayed: c.rtp_relayed.load(Ordering::Relaxed),
             },
             agents_registered: self.registrar().registered_count(),
