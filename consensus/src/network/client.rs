@@ -42,6 +42,14 @@ use crate::types::{Member, NodeId, TypeConfig};
 /// link is not mistaken for a dead peer, and still far shorter than QUIC's idle timeout.
 const SILENT_PEER_MS: u64 = 2_000;
 
+/// The shortest deadline an AppendEntries call gets. openraft gives appends the heartbeat
+/// interval (100 ms by default); a follower busy with fsyncs, or a WAN round trip, takes
+/// longer than that, and every such timeout made openraft back off and send the same
+/// entries again, so commits stalled exactly when load was highest. A slow follower does
+/// not hold up commits (the quorum does not wait for it), so a longer deadline costs
+/// nothing but the time to notice a dead one.
+const APPEND_TTL_MIN_MS: u64 = 1_000;
+
 /// The first backoff window after a failed dial; it doubles up to `backoff_max_ms`.
 const BACKOFF_FIRST_MS: u64 = 50;
 
@@ -298,7 +306,12 @@ impl PeerClient {
         req: Request,
         option: &RPCOption,
     ) -> Result<Response, RPCError<TypeConfig>> {
-        let ttl = option.hard_ttl();
+        let ttl = match action {
+            RPCTypes::AppendEntries => option
+                .hard_ttl()
+                .max(Duration::from_millis(APPEND_TTL_MIN_MS)),
+            _ => option.hard_ttl(),
+        };
         match self
             .peers
             .call(self.target, &self.addr, &req, None, ttl)
