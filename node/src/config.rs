@@ -50,6 +50,9 @@ pub struct Config {
     pub queues: Vec<QueueSection>,
     #[serde(default)]
     pub numbers: Vec<NumberConfig>,
+    /// IVR flows that numbers may run before their calls queue ([`crate::ivr`]).
+    #[serde(default)]
+    pub flows: Vec<crate::ivr::config::FlowConfig>,
     #[serde(default)]
     pub blacklist: Blacklist,
     /// Caller numbers with a dedicated account manager.
@@ -288,7 +291,12 @@ pub struct HoursConfig {
 #[serde(deny_unknown_fields)]
 pub struct NumberConfig {
     pub number: String,
+    /// Where calls queue; may be empty when `flow` is set (the flow names its queues).
+    #[serde(default)]
     pub queue: String,
+    /// An IVR flow (`[[flows]]` name) that calls to this number run before anything else.
+    #[serde(default)]
+    pub flow: Option<String>,
     /// Priority of calls to this number (higher first); absent: the queue's.
     #[serde(default)]
     pub priority: Option<u32>,
@@ -814,13 +822,23 @@ impl Config {
                     format!("number `{}` is mapped twice", n.number),
                 ));
             }
-            if !queues.contains_key(&n.queue) {
+            if let Some(flow) = &n.flow {
+                if !self.flows.iter().any(|f| &f.name == flow) {
+                    return Err(bad(
+                        format!("numbers[{i}].flow"),
+                        format!("no flow named `{flow}` (define it under [[flows]])"),
+                    ));
+                }
+            }
+            let queue_optional = n.flow.is_some() && n.queue.is_empty();
+            if !queue_optional && !queues.contains_key(&n.queue) {
                 return Err(bad(
                     format!("numbers[{i}].queue"),
                     format!("no queue named `{}` (define it under [[queues]])", n.queue),
                 ));
             }
         }
+        crate::ivr::config::validate(self).map_err(|(key, problem)| bad(key, problem))?;
         Ok(())
     }
 }
@@ -1305,7 +1323,7 @@ fn secs_ms(s: f64) -> u64 {
 }
 
 /// Checks `name` or `name:level` (level 1-10).
-fn parse_skill(text: &str) -> Result<(), String> {
+pub(crate) fn parse_skill(text: &str) -> Result<(), String> {
     let (name, level) = match text.rsplit_once(':') {
         Some((n, l)) => (n, Some(l)),
         None => (text, None),
@@ -1341,7 +1359,7 @@ fn parse_strategy(text: &str) -> Result<Strategy, String> {
 }
 
 /// A mailbox names a directory: keep it to a plain file name.
-fn check_mailbox(name: &str) -> Result<(), String> {
+pub(crate) fn check_mailbox(name: &str) -> Result<(), String> {
     let ok = !name.is_empty()
         && name.len() <= 64
         && !name.starts_with('.')
@@ -1358,7 +1376,7 @@ fn check_mailbox(name: &str) -> Result<(), String> {
 }
 
 /// `[queues.schedule]` as routing takes it; errors name the sub-key.
-fn parse_schedule(s: &ScheduleConfig) -> Result<Schedule, (String, String)> {
+pub(crate) fn parse_schedule(s: &ScheduleConfig) -> Result<Schedule, (String, String)> {
     let mut hours = Vec::new();
     for (j, h) in s.hours.iter().enumerate() {
         let key = |k: &str| format!("hours[{j}].{k}");

@@ -6,7 +6,8 @@
 //! phones), `call` (the B2BUA call task), `routing_log` (the path to the routing state
 //! machine), `http` (health, readiness, status, CDRs, `/metrics`), `metrics` (Prometheus
 //! series), `grpc` (the gRPC API over the node's state), `ctl` (its admin client), `node`
-//! (wiring), `recording` (which calls are recorded, and their index), `sim` and `demo`
+//! (wiring), `ivr` (IVR flows from config and their sans-IO runner; `call` plays them),
+//! `recording` (which calls are recorded, and their index), `sim` and `demo`
 //! (simulated phones and callers, real SIP/RTP clients over rsipstack used by `carillon
 //! demo` and tests, not by the node's own SIP path), `bench` (benchmarks).
 //! The ACD itself lives in `carillon-routing`, RTP in `carillon-media`, records in
@@ -24,6 +25,7 @@ pub mod digest;
 pub mod edge;
 pub mod grpc;
 pub mod http;
+pub mod ivr;
 pub mod metrics;
 pub mod node;
 pub mod peer_leg;

@@ -16,6 +16,7 @@
 //! place, and at its turn rings the agent and then dials the customer.
 
 mod callback;
+mod ivr_io;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -154,8 +155,19 @@ impl Call {
     }
 
     async fn run(mut self) {
+        // A number with an IVR flow runs it first; the flow picks the queue or ends the call.
+        let mut routed = None;
+        if let Some(flow) = self.number_flow() {
+            let Some(queued) = self.run_ivr(flow).await else {
+                self.finish_without_record();
+                return;
+            };
+            self.queue = queued.queue;
+            routed = Some((queued.priority, queued.skills));
+        }
         self.media.play_loop(self.shared.hold_music.clone());
-        let (priority, skills) = self.shared.config.call_routing(&self.dialled, &self.queue);
+        let (priority, skills) =
+            routed.unwrap_or_else(|| self.shared.config.call_routing(&self.dialled, &self.queue));
         let enqueue = Command::Enqueue(Arrival {
             call: self.id.clone(),
             queue: self.queue.clone(),
@@ -174,7 +186,7 @@ impl Call {
             return;
         }
         info!(caller = %self.caller, queue = %self.queue, priority, "call queued");
-        if self.shared.config.callback.is_some() {
+        if self.shared.config.callback.is_some() && self.dtmf.is_none() {
             self.dtmf = self.media.take_dtmf();
         }
 

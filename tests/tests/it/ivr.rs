@@ -1,0 +1,361 @@
+//! IVR flows through a real node and SIPp callers: RFC 4733 and in-band keys drive the
+//! menu to the high-priority queue (an agent answers; the CDR names the queue, the log the
+//! priority); collected digits go to an HTTP look-up (a tiny server here) whose reply picks
+//! the queue; an invalid key is retried and a silent caller is hung up on.
+//!
+//! Prompts are tones the test writes with the media crate, so nothing needs espeak-ng.
+
+// The look-up server waits on its socket in wall-clock time.
+#![allow(clippy::disallowed_methods)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use carillon_media::{tone, Codec};
+
+use crate::harness::{agents_csv, cdr_str, register, workspace_dir, Node, NodeSpec, Sipp};
+
+/// The agent phone hangs up this long after answering.
+const TALK_MS: &str = "1500";
+/// How long a SIPp caller waits after the 200 before keying (the menu prompt lasts 1 s).
+const KEY_AFTER_MS: &str = "1500";
+
+/// Prompt WAVs (tones: each step its own pitch) in a directory that outlives the node.
+fn prompts() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("temp dir: {e}"));
+    for (name, hz, ms) in [
+        ("menu", 440.0, 1000),
+        ("account", 660.0, 800),
+        ("bye", 330.0, 400),
+        ("balance", 880.0, 400),
+    ] {
+        let path = dir.path().join(format!("{name}.wav"));
+        carillon_media::wav::write_pcm16(&path, &tone::sine(hz, ms, 0.2))
+            .unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+    }
+    dir
+}
+
+/// A node with agent 1001 (skill support), queues support and outage, and number 300
+/// running the utility flow: 1 outage (priority 9), 2 account number and look-up at
+/// `lookup_port`, 3 support, 0 repeat; an invalid key or silence is retried once, then the
+/// caller hears goodbye and is hung up on.
+fn spec(prompts: &Path, lookup_port: u16) -> NodeSpec {
+    let hold = workspace_dir().join("examples/prompts/hold.wav");
+    let p = |name: &str| prompts.join(format!("{name}.wav")).display().to_string();
+    let text = format!(
+        r#"
+[node]
+id = "n1"
+data_dir = "data"
+[sip]
+listen = "127.0.0.1:5060"
+[rtp]
+ip = "127.0.0.1"
+port_min = 20000
+port_max = 20100
+[http]
+listen = "127.0.0.1:8080"
+[media]
+hold_music = "{hold}"
+[[trunks]]
+name = "local"
+allow = ["127.0.0.0/8"]
+[[agents]]
+id = "1001"
+password = "pw1001"
+skills = ["support"]
+[[queues]]
+name = "support"
+skill = "support"
+wrapup_s = 0
+ring_timeout_s = 10
+[[queues]]
+name = "outage"
+skill = "support"
+wrapup_s = 0
+ring_timeout_s = 10
+[[numbers]]
+number = "300"
+flow = "utility"
+[[flows]]
+name = "utility"
+start = "menu"
+prompt_dir = "{prompt_dir}"
+[[flows.steps]]
+id = "menu"
+kind = "menu"
+prompt = "{menu}"
+keys = {{ "1" = "outage", "2" = "account", "3" = "agent", "0" = "menu" }}
+timeout_s = 3
+retries = 1
+on_invalid = "bye"
+on_timeout = "bye"
+[[flows.steps]]
+id = "outage"
+kind = "queue"
+queue = "outage"
+priority = 9
+[[flows.steps]]
+id = "agent"
+kind = "queue"
+queue = "support"
+[[flows.steps]]
+id = "account"
+kind = "collect"
+prompt = "{account}"
+min_digits = 4
+max_digits = 10
+var = "account"
+timeout_s = 3
+next = "lookup"
+on_timeout = "bye"
+[[flows.steps]]
+id = "lookup"
+kind = "lookup"
+url = "http://127.0.0.1:{lookup_port}/balance"
+timeout_ms = 2000
+on_ok = "route"
+on_error = "agent"
+[[flows.steps]]
+id = "route"
+kind = "branch"
+var = "status"
+equals = {{ "overdue" = "outage" }}
+default = "agent"
+[[flows.steps]]
+id = "bye"
+kind = "hangup"
+prompt = "{bye}"
+"#,
+        hold = hold.display(),
+        prompt_dir = prompts.display(),
+        menu = p("menu"),
+        account = p("account"),
+        bye = p("bye"),
+    );
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("temp dir: {e}"));
+    let path = dir.path().join("ivr.toml");
+    std::fs::write(&path, text).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+    // An absolute path replaces the examples directory in the join.
+    NodeSpec::from_example(&path.display().to_string())
+}
+
+/// An agent phone that answers and hangs up after [`TALK_MS`]; agent 1001 registered on it
+/// and ready.
+fn agent_1001(node: &Node) -> crate::harness::SippProcess {
+    let phone = Sipp::uas("agent_uas.xml", node.dir(), "phone")
+        .rtp_echo(node.sipp_media_port())
+        .args(["-recv_timeout", TALK_MS]);
+    let port = phone.sip_port;
+    let phone = phone.spawn();
+    let csv = agents_csv(node.dir(), "agent-1001.csv", [1001], "pw");
+    register(node, &csv, 1, port, 3600, "register-1001").assert_success("1001");
+    node.wait_until("1001 ready", Duration::from_secs(5), |n| {
+        n.agents_in("ready") == 1
+    });
+    phone
+}
+
+/// Writes `ivr_keys.pcmu` in `dir`: `keys` as in-band DTMF (G.711 mu-law, 8 kHz), each
+/// tone 120 ms with 150 ms of silence after; a space is 600 ms of silence.
+fn write_keys(dir: &Path, keys: &str) -> PathBuf {
+    let mut pcm: Vec<i16> = vec![0; 1600];
+    for k in keys.chars() {
+        if k == ' ' {
+            pcm.extend(std::iter::repeat_n(0, 4800));
+            continue;
+        }
+        let t = tone::dtmf(k, 120, 0.25).unwrap_or_else(|| panic!("`{k}` is not a key"));
+        pcm.extend(t);
+        pcm.extend(std::iter::repeat_n(0, 1200));
+    }
+    pcm.extend(std::iter::repeat_n(0, 2400));
+    let bytes: Vec<u8> = pcm.iter().map(|s| Codec::Pcmu.encode(*s)).collect();
+    let path = dir.join("ivr_keys.pcmu");
+    std::fs::write(&path, bytes).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+    path
+}
+
+/// A caller dialling 300 who keys after [`KEY_AFTER_MS`] and stays until the node's BYE.
+fn caller(node: &Node, scenario: &str, number: &str) -> crate::harness::SippOutcome {
+    Sipp::uac(scenario, node.sip, node.dir(), &format!("caller-{number}"))
+        .media_port(node.sipp_media_port())
+        .args(["-s", "300", "-d", KEY_AFTER_MS])
+        .key("caller", number)
+        .calls(1, 1)
+        .run(Duration::from_secs(30))
+}
+
+/// The node's log without its ANSI colours.
+fn node_log(node: &Node) -> String {
+    let raw = std::fs::read_to_string(node.dir().join("node.log")).unwrap_or_default();
+    let mut out = String::with_capacity(raw.len());
+    let mut chars = raw.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // CSI: ESC [ parameters, ended by a letter.
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The call was queued in `queue` at `priority` (the call task logs it).
+fn assert_queued(node: &Node, queue: &str, priority: u32) {
+    let log = node_log(node);
+    let line = log
+        .lines()
+        .find(|l| l.contains("call queued"))
+        .unwrap_or_else(|| panic!("no `call queued` in the log:\n{}", node.log_tail()));
+    assert!(
+        line.contains(&format!("queue={queue}")) && line.contains(&format!("priority={priority}")),
+        "queued in {queue} at priority {priority}: {line}"
+    );
+}
+
+/// Nothing listens on this port (a look-up there would fail); for tests without one.
+fn unused_port() -> u16 {
+    crate::harness::free_port()
+}
+
+#[test]
+fn rfc4733_key_routes_to_the_high_priority_queue() {
+    let prompts = prompts();
+    let node = Node::start(spec(prompts.path(), unused_port()));
+    let from = Path::new("/usr/share/sip-tester/dtmf_2833_1.pcap");
+    std::fs::copy(from, node.dir().join("ivr_key.pcap")).unwrap_or_else(|e| {
+        panic!(
+            "copying {} (from the sip-tester package): {e}",
+            from.display()
+        )
+    });
+    let _phone = agent_1001(&node);
+    caller(&node, "caller_ivr_rfc4733.xml", "5553001")
+        .assert_success("the caller presses 1, talks to the agent, and is hung up on");
+    let cdrs = node.wait_cdrs(1, Duration::from_secs(10));
+    let cdr = &cdrs[0];
+    assert_eq!(cdr_str(cdr, "disposition"), "answered", "CDR: {cdr}");
+    assert_eq!(cdr_str(cdr, "queue"), "outage", "CDR: {cdr}");
+    assert_eq!(cdr_str(cdr, "agent"), "1001", "CDR: {cdr}");
+    assert_queued(&node, "outage", 9);
+}
+
+#[test]
+fn inband_key_routes_to_the_high_priority_queue() {
+    let prompts = prompts();
+    let node = Node::start(spec(prompts.path(), unused_port()));
+    write_keys(node.dir(), "1");
+    let _phone = agent_1001(&node);
+    caller(&node, "caller_ivr_inband.xml", "5553002")
+        .assert_success("the caller tones 1, talks to the agent, and is hung up on");
+    let cdrs = node.wait_cdrs(1, Duration::from_secs(10));
+    let cdr = &cdrs[0];
+    assert_eq!(cdr_str(cdr, "disposition"), "answered", "CDR: {cdr}");
+    assert_eq!(cdr_str(cdr, "queue"), "outage", "CDR: {cdr}");
+    assert_queued(&node, "outage", 9);
+}
+
+/// A one-request HTTP server on 127.0.0.1:0: it hands the request's JSON body to the test
+/// and answers `reply`.
+fn lookup_server(reply: &'static str) -> (u16, mpsc::Receiver<serde_json::Value>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("bind: {e}"));
+    let port = listener
+        .local_addr()
+        .unwrap_or_else(|e| panic!("local addr: {e}"))
+        .port();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        // One request is all the test makes; the thread ends with it (or with the process).
+        let Ok((stream, _)) = listener.accept() else {
+            return;
+        };
+        stream.set_read_timeout(Some(Duration::from_secs(5))).ok();
+        let mut reader = BufReader::new(stream);
+        let mut length = 0usize;
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                break;
+            }
+            if let Some((name, value)) = line.split_once(':') {
+                if name.eq_ignore_ascii_case("content-length") {
+                    length = value.trim().parse().unwrap_or(0);
+                }
+            }
+        }
+        let mut body = vec![0u8; length.min(64 * 1024)];
+        if reader.read_exact(&mut body).is_err() {
+            return;
+        }
+        let json = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+        tx.send(json).ok();
+        let mut stream = reader.into_inner();
+        let response = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{reply}",
+            reply.len()
+        );
+        stream.write_all(response.as_bytes()).ok();
+    });
+    (port, rx)
+}
+
+#[test]
+fn collected_account_goes_to_the_lookup_whose_reply_picks_the_queue() {
+    let prompts = prompts();
+    let (port, requests) = lookup_server(
+        r#"{"vars": {"status": "overdue", "balance": "42.10"}, "prompt": "balance"}"#,
+    );
+    let node = Node::start(spec(prompts.path(), port));
+    // 2 for the bill menu, then the account number ended by #.
+    write_keys(node.dir(), "2 1234#");
+    let _phone = agent_1001(&node);
+    caller(&node, "caller_ivr_inband.xml", "5553003")
+        .assert_success("the caller keys an account, is routed by the look-up, talks, hangs up");
+    let request = requests
+        .recv_timeout(Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("no look-up reached the server: {e}"));
+    assert_eq!(
+        request["vars"]["account"], "1234",
+        "look-up body: {request}"
+    );
+    assert_eq!(request["caller"], "5553003", "look-up body: {request}");
+    assert_eq!(request["dialled"], "300", "look-up body: {request}");
+    let cdrs = node.wait_cdrs(1, Duration::from_secs(10));
+    let cdr = &cdrs[0];
+    assert_eq!(cdr_str(cdr, "disposition"), "answered", "CDR: {cdr}");
+    assert_eq!(
+        cdr_str(cdr, "queue"),
+        "outage",
+        "overdue goes to outage: {cdr}"
+    );
+    assert_queued(&node, "outage", 9);
+}
+
+#[test]
+fn invalid_key_is_retried_then_a_silent_caller_is_hung_up_on() {
+    let prompts = prompts();
+    let node = Node::start(spec(prompts.path(), unused_port()));
+    write_keys(node.dir(), "9");
+    caller(&node, "caller_ivr_inband.xml", "5553004")
+        .assert_success("the caller keys 9, then nothing, and is hung up on");
+    let cdrs = node.wait_cdrs(1, Duration::from_secs(10));
+    let cdr = &cdrs[0];
+    assert_eq!(cdr_str(cdr, "disposition"), "ivr", "CDR: {cdr}");
+    assert_eq!(cdr_str(cdr, "cause"), "hangup", "CDR: {cdr}");
+    let log = node_log(&node);
+    assert!(
+        !log.contains("call queued"),
+        "the call never queued:\n{}",
+        node.log_tail()
+    );
+}
