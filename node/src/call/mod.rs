@@ -443,15 +443,13 @@ impl Call {
                     crate::recording::start(&self.shared, &self.media, id, &agent, queue, caller);
                 }
             }
-            Err(ProposeError::Refused(e))
-                if self
-                    .shared
-                    .routing
-                    .read(|acd| acd.call_owner(&self.id).is_some()) =>
-            {
+            Err(ProposeError::Refused(e)) => {
                 // The offer was withdrawn while the phone answered (the ring timed out, or
                 // the agent's node was declared down): routing has the call back in line,
-                // so this agent hangs up and the caller waits for the next offer.
+                // so this agent hangs up and the caller waits for the next offer. Should
+                // routing have closed the call instead (this node declared down), its
+                // CallFinished is on its way to this task and ends the call. (This node's
+                // replica may not have applied that yet, so it is not asked here.)
                 warn!(%agent, error = %e, "the offer was withdrawn as the agent answered; waiting again");
                 if let Phase::Connected { dialog } =
                     std::mem::replace(&mut self.phase, Phase::Ending)

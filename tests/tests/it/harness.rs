@@ -56,6 +56,31 @@ pub fn agent_phone(node: &Node, label: &str) -> (SippProcess, u16) {
     (sipp.spawn(), port)
 }
 
+/// Agent 1001 on a phone of its own that answers and hangs up after `talk_ms`, registered
+/// and ready at `node`.
+pub fn ready_agent_1001(node: &Node, talk_ms: &str) -> SippProcess {
+    let phone = Sipp::uas("agent_uas.xml", node.dir(), "phone")
+        .rtp_echo(node.sipp_media_port())
+        .args(["-recv_timeout", talk_ms]);
+    let port = phone.sip_port;
+    let phone = phone.spawn();
+    let csv = agents_csv(node.dir(), "agent-1001.csv", [1001], "pw");
+    register(node, &csv, 1, port, 3600, "register-1001").assert_success("1001");
+    node.wait_until("1001 ready", Duration::from_secs(5), |n| {
+        n.agents_in("ready") == 1
+    });
+    phone
+}
+
+/// A node spec from a whole config `text` (written to a temporary `file` and read back).
+pub fn spec_from_text(text: &str, file: &str) -> NodeSpec {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("temp dir: {e}"));
+    let path = dir.path().join(file);
+    fs::write(&path, text).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+    // An absolute path replaces the examples directory in the join.
+    NodeSpec::from_example(&path.display().to_string())
+}
+
 /// Runs register.xml for every agent in `csv` (`count` lines) with Contact at
 /// `contact_port`, `Expires: expires_s` (0 unregisters); waits for SIPp to finish.
 pub fn register(

@@ -16,7 +16,9 @@ use std::time::Duration;
 
 use carillon_media::{tone, Codec};
 
-use crate::harness::{agents_csv, cdr_str, register, workspace_dir, Node, NodeSpec, Sipp};
+use crate::harness::{
+    cdr_str, ready_agent_1001, spec_from_text, workspace_dir, Node, NodeSpec, Sipp,
+};
 
 /// The agent phone hangs up this long after answering.
 const TALK_MS: &str = "1500";
@@ -137,27 +139,7 @@ prompt = "{bye}"
         account = p("account"),
         bye = p("bye"),
     );
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("temp dir: {e}"));
-    let path = dir.path().join("ivr.toml");
-    std::fs::write(&path, text).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
-    // An absolute path replaces the examples directory in the join.
-    NodeSpec::from_example(&path.display().to_string())
-}
-
-/// An agent phone that answers and hangs up after [`TALK_MS`]; agent 1001 registered on it
-/// and ready.
-fn agent_1001(node: &Node) -> crate::harness::SippProcess {
-    let phone = Sipp::uas("agent_uas.xml", node.dir(), "phone")
-        .rtp_echo(node.sipp_media_port())
-        .args(["-recv_timeout", TALK_MS]);
-    let port = phone.sip_port;
-    let phone = phone.spawn();
-    let csv = agents_csv(node.dir(), "agent-1001.csv", [1001], "pw");
-    register(node, &csv, 1, port, 3600, "register-1001").assert_success("1001");
-    node.wait_until("1001 ready", Duration::from_secs(5), |n| {
-        n.agents_in("ready") == 1
-    });
-    phone
+    spec_from_text(&text, "ivr.toml")
 }
 
 /// Writes `ivr_keys.pcmu` in `dir`: `keys` as in-band DTMF (G.711 mu-law, 8 kHz), each
@@ -239,7 +221,7 @@ fn rfc4733_key_routes_to_the_high_priority_queue() {
             from.display()
         )
     });
-    let _phone = agent_1001(&node);
+    let _phone = ready_agent_1001(&node, TALK_MS);
     caller(&node, "caller_ivr_rfc4733.xml", "5553001")
         .assert_success("the caller presses 1, talks to the agent, and is hung up on");
     let cdrs = node.wait_cdrs(1, Duration::from_secs(10));
@@ -255,7 +237,7 @@ fn inband_key_routes_to_the_high_priority_queue() {
     let prompts = prompts();
     let node = Node::start(spec(prompts.path(), unused_port()));
     write_keys(node.dir(), "1");
-    let _phone = agent_1001(&node);
+    let _phone = ready_agent_1001(&node, TALK_MS);
     caller(&node, "caller_ivr_inband.xml", "5553002")
         .assert_success("the caller tones 1, talks to the agent, and is hung up on");
     let cdrs = node.wait_cdrs(1, Duration::from_secs(10));
@@ -318,7 +300,7 @@ fn collected_account_goes_to_the_lookup_whose_reply_picks_the_queue() {
     let node = Node::start(spec(prompts.path(), port));
     // 2 for the bill menu, then the account number ended by #.
     write_keys(node.dir(), "2 1234#");
-    let _phone = agent_1001(&node);
+    let _phone = ready_agent_1001(&node, TALK_MS);
     caller(&node, "caller_ivr_inband.xml", "5553003")
         .assert_success("the caller keys an account, is routed by the look-up, talks, hangs up");
     let request = requests

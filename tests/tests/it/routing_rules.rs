@@ -12,7 +12,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use toml::{Table, Value as Toml};
 
 use crate::harness::{
-    agents_csv, cdr_str, cdr_u64, free_port, register, workspace_dir, Node, NodeSpec, Sipp,
+    cdr_str, cdr_u64, free_port, ready_agent_1001, spec_from_text, workspace_dir, Node, NodeSpec,
+    Sipp,
 };
 
 const SUPERVISOR: &str = "super-token-0001";
@@ -62,27 +63,7 @@ ring_timeout_s = 10
 "#,
         hold = hold.display()
     );
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("temp dir: {e}"));
-    let path = dir.path().join("routing.toml");
-    std::fs::write(&path, text).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
-    // An absolute path replaces the examples directory in the join.
-    NodeSpec::from_example(&path.display().to_string())
-}
-
-/// An agent phone that answers and hangs up after [`TALK_MS`]; agent 1001 registered on
-/// it and ready.
-fn agent_1001(node: &Node) -> crate::harness::SippProcess {
-    let phone = Sipp::uas("agent_uas.xml", node.dir(), "phone")
-        .rtp_echo(node.sipp_media_port())
-        .args(["-recv_timeout", TALK_MS]);
-    let port = phone.sip_port;
-    let phone = phone.spawn();
-    let csv = agents_csv(node.dir(), "agent-1001.csv", [1001], "pw");
-    register(node, &csv, 1, port, 3600, "register-1001").assert_success("1001");
-    node.wait_until("1001 ready", Duration::from_secs(5), |n| {
-        n.agents_in("ready") == 1
-    });
-    phone
+    spec_from_text(&text, "routing.toml")
 }
 
 fn waiting(node: &Node) -> u64 {
@@ -124,7 +105,7 @@ queue = "support"
 priority = 5
 "#;
     let node = Node::start(spec("\"support\"", "", numbers));
-    let _phone = agent_1001(&node);
+    let _phone = ready_agent_1001(&node, TALK_MS);
     node.post("/api/agents/1001/not-ready");
     node.wait_until("1001 not ready", Duration::from_secs(5), |n| {
         n.agents_in("not_ready") == 1
@@ -171,7 +152,7 @@ escalation = [{ after_s = 2, min_level = 5 }]
 "#;
     let numbers = "[[numbers]]\nnumber = \"100\"\nqueue = \"support\"\n";
     let node = Node::start(spec("\"support:5\"", queue, numbers));
-    let _phone = agent_1001(&node);
+    let _phone = ready_agent_1001(&node, TALK_MS);
 
     let caller = patient_caller(&node, "100", "5550003");
     node.wait_until("the call waits", Duration::from_secs(5), |n| {
@@ -379,7 +360,7 @@ digit_timeout_s = 3
         .args(["-m", "1"])
         .trace_messages()
         .spawn();
-    let _phone = agent_1001(&node);
+    let _phone = ready_agent_1001(&node, TALK_MS);
     node.post("/api/agents/1001/not-ready");
     node.wait_until("1001 not ready", Duration::from_secs(5), |n| {
         n.agents_in("not_ready") == 1
