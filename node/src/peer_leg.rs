@@ -9,6 +9,10 @@
 //! thing SIP cannot tell this leg is that the owner died: its BYE never comes. So the leg
 //! also watches the call in the routing state (the owner names it in `X-Carillon-Call`) and
 //! hangs the phone up when routing closes the call as lost.
+//!
+//! Hold passes through both ways: a re-INVITE from the owner (the caller holds) is answered
+//! and re-offered to the phone with the same direction, and one from the phone (the agent
+//! holds) is answered and re-offered to the owner, whose call task then plays hold music.
 
 use std::sync::Arc;
 
@@ -19,6 +23,7 @@ use tracing::{debug, info, warn, Instrument};
 use carillon_routing::{Disposition, Event};
 use tokio::sync::mpsc;
 
+use crate::call::hold::{LegSdp, Reoffer};
 use crate::call::{agent_invite, CALL_HEADER};
 use crate::clock::now_ms;
 use crate::node::Shared;
@@ -76,6 +81,7 @@ pub async fn run(shared: Arc<Shared>, mut tx: Transaction, peer: u64) {
         };
         let owner_dialog: InviteDialog = server.clone();
         let offer_to_phone = sdp::offer(phone_port.local_addr(), &[codec], now_ms());
+        let phone_sdp = LegSdp::new(offer_to_phone.clone());
         let options = match agent_invite(
             &shared,
             &binding.contact,
@@ -103,6 +109,8 @@ pub async fn run(shared: Arc<Shared>, mut tx: Transaction, peer: u64) {
             shared: shared.clone(),
             owner: owner_dialog,
             owner_states,
+            owner_sdp: LegSdp::new(answer_sdp.clone()),
+            phone_sdp,
             answer_sdp,
             codec,
             owner_media,
@@ -170,6 +178,9 @@ struct Leg {
     owner: InviteDialog,
     owner_states: DialogStateReceiver,
     answer_sdp: String,
+    /// Our sides of the two sessions, for hold and resume in either direction.
+    owner_sdp: LegSdp,
+    phone_sdp: LegSdp,
     codec: Codec,
     owner_media: Option<std::net::SocketAddr>,
     owner_port: Option<carillon_media::RtpPort>,
@@ -289,12 +300,13 @@ impl Leg {
                         phone.bye().await.ok();
                         break;
                     }
-                    Some(DialogState::Updated(_, _, handle)) => {
-                        let ct = Header::ContentType("application/sdp".into());
-                        handle
-                            .respond(StatusCode::OK, Some(vec![ct]), Some(self.answer_sdp.clone().into_bytes()))
-                            .await
-                            .ok();
+                    Some(DialogState::Updated(_, req, handle)) => {
+                        // The caller holds or resumes (or the owner refreshes the session).
+                        if let Some(r) = answer_reoffer(&mut self.owner_sdp, &req, handle).await {
+                            if r.change.is_some() {
+                                relay(&phone, self.phone_sdp.reoffer(r.offered), "phone");
+                            }
+                        }
                     }
                     Some(_) => {}
                 },
@@ -306,8 +318,13 @@ impl Leg {
                             break;
                         }
                     }
-                    Some(DialogState::Updated(_, _, handle)) => {
-                        handle.respond(StatusCode::OK, None, None).await.ok();
+                    Some(DialogState::Updated(_, req, handle)) => {
+                        // The agent holds or resumes: the owner plays hold music meanwhile.
+                        if let Some(r) = answer_reoffer(&mut self.phone_sdp, &req, handle).await {
+                            if r.change.is_some() {
+                                relay(&self.owner, self.owner_sdp.reoffer(r.offered), "owner");
+                            }
+                        }
                     }
                     Some(_) => {}
                     None => {
@@ -321,4 +338,55 @@ impl Leg {
         dialogs.remove_dialog(&self.owner.id());
         media.stop();
     }
+}
+
+/// Answers an in-dialog request on one side: a re-INVITE gets `sdp`'s answer (or 488 if its
+/// SDP is unusable), anything else a plain 200. Returns the re-INVITE's outcome.
+async fn answer_reoffer(
+    sdp: &mut LegSdp,
+    req: &rsip::Request,
+    handle: rsipstack::dialog::dialog::TransactionHandle,
+) -> Option<Reoffer> {
+    if req.method != rsip::Method::Invite {
+        handle.respond(StatusCode::OK, None, None).await.ok();
+        return None;
+    }
+    match sdp.on_reoffer(&String::from_utf8_lossy(&req.body)) {
+        Ok(r) => {
+            let ct = Header::ContentType("application/sdp".into());
+            let answer = r.answer.clone().into_bytes();
+            handle
+                .respond(StatusCode::OK, Some(vec![ct]), Some(answer))
+                .await
+                .ok();
+            Some(r)
+        }
+        Err(e) => {
+            info!(error = %e, "refusing a re-INVITE on the inter-node leg");
+            handle
+                .respond(StatusCode::NotAcceptableHere, None, None)
+                .await
+                .ok();
+            None
+        }
+    }
+}
+
+/// Re-offers `body` to `dialog` from its own task, so the leg goes on relaying meanwhile.
+fn relay(dialog: &InviteDialog, body: String, to: &'static str) {
+    let dialog = dialog.clone();
+    let ct = Header::ContentType("application/sdp".into());
+    tokio::spawn(
+        async move {
+            match dialog
+                .reinvite(Some(vec![ct]), Some(body.into_bytes()))
+                .await
+            {
+                Ok(Some(resp)) => debug!(to, status = %resp.status_code, "hold re-INVITE answered"),
+                Ok(None) => debug!(to, "dialog not confirmed; hold not relayed"),
+                Err(e) => warn!(to, error = %e, "could not relay a hold"),
+            }
+        }
+        .in_current_span(),
+    );
 }

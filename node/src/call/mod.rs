@@ -14,8 +14,14 @@
 //! With `[callback]` configured, a waiting caller may press the callback key and leave a
 //! number ([`callback`]): the task hangs the caller up but lives on, holding the call's
 //! place, and at its turn rings the agent and then dials the customer.
+//!
+//! Either side may put the other on hold by re-INVITE ([`hold`]): the agent's hold plays
+//! the hold music to the caller until the agent resumes; the caller's is answered and
+//! relayed to the agent leg as a re-INVITE with the caller's direction, so the phone (or
+//! the inter-node leg) shows it, and the caller's resume likewise.
 
 mod callback;
+pub mod hold;
 mod ivr_io;
 
 use std::sync::Arc;
@@ -103,7 +109,6 @@ struct Call {
     dialled: String,
     queue: String,
     codec: Codec,
-    answer_sdp: String,
     caller_dialog: InviteDialog,
     caller_states: DialogStateReceiver,
     media: CallMedia,
@@ -121,6 +126,15 @@ struct Call {
     /// The caller's keys, while callback is on and the caller waits.
     dtmf: Option<mpsc::Receiver<carillon_media::DtmfDigit>>,
     callback: callback::CallbackState,
+    /// Our side of the caller's session, for answering its re-INVITEs.
+    caller_sdp: hold::LegSdp,
+    /// The offer sent on the latest agent INVITE; becomes `agent_sdp` when answered.
+    agent_offer: Option<String>,
+    /// Our side of the connected agent's session.
+    agent_sdp: Option<hold::LegSdp>,
+    hold_clock: hold::HoldClock,
+    /// Hold-music packets sent to the caller when the agent's hold began.
+    agent_hold_prompt_base: Option<u64>,
 }
 
 impl Call {
@@ -135,7 +149,6 @@ impl Call {
             dialled: s.dialled,
             queue: s.queue,
             codec: s.codec,
-            answer_sdp: s.answer_sdp,
             caller_dialog: s.caller_dialog,
             caller_states: s.caller_states,
             media: s.media,
@@ -151,6 +164,11 @@ impl Call {
             exit: None,
             dtmf: None,
             callback: callback::CallbackState::new(),
+            caller_sdp: hold::LegSdp::new(s.answer_sdp),
+            agent_offer: None,
+            agent_sdp: None,
+            hold_clock: hold::HoldClock::default(),
+            agent_hold_prompt_base: None,
         }
     }
 
@@ -309,6 +327,7 @@ impl Call {
             }
         };
         let offer = carillon_media::sdp::offer(port.local_addr(), &[self.codec], now_ms());
+        self.agent_offer = Some(offer.clone());
         let options = match agent_invite(
             &self.shared,
             &target.uri,
@@ -420,6 +439,7 @@ impl Call {
             return;
         };
         let agent_leg = MediaLeg::new(port, codec, Some(remote_addr));
+        self.agent_sdp = self.agent_offer.take().map(hold::LegSdp::new);
         if self.callback.number.is_some() {
             // A callback: the agent waits in silence while the customer is dialled.
             self.callback.agent_leg = Some(agent_leg);
@@ -494,15 +514,31 @@ impl Call {
                 }
             }
             DialogState::Updated(_, req, handle) => {
-                // A re-INVITE (session refresh, hold): keep the session as it is.
+                if req.method != rsip::Method::Invite {
+                    handle.respond(rsip::StatusCode::OK, None, None).await.ok();
+                    return;
+                }
+                // A re-INVITE: a session refresh, or the caller holding or resuming.
+                let body = String::from_utf8_lossy(&req.body);
+                let reoffer = match self.caller_sdp.on_reoffer(&body) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        info!(error = %e, "refusing the caller's re-INVITE");
+                        let status = rsip::StatusCode::NotAcceptableHere;
+                        handle.respond(status, None, None).await.ok();
+                        return;
+                    }
+                };
                 let ct = rsip::Header::ContentType("application/sdp".into());
-                let body = (req.method == rsip::Method::Invite)
-                    .then(|| self.answer_sdp.clone().into_bytes());
-                let headers = body.as_ref().map(|_| vec![ct]);
+                let answer = reoffer.answer.into_bytes();
                 handle
-                    .respond(rsip::StatusCode::OK, headers, body)
+                    .respond(rsip::StatusCode::OK, Some(vec![ct]), Some(answer))
                     .await
                     .ok();
+                if let Some(change) = reoffer.change {
+                    self.on_hold_change("caller", change);
+                    self.relay_hold_to_agent(reoffer.offered);
+                }
             }
             _ => {}
         }
@@ -525,15 +561,89 @@ impl Call {
                 }
             }
             DialogState::Updated(_, req, handle) => {
+                let sdp = self.agent_sdp.as_mut();
+                let Some(sdp) = sdp.filter(|_| req.method == rsip::Method::Invite) else {
+                    handle.respond(rsip::StatusCode::OK, None, None).await.ok();
+                    return;
+                };
+                // A re-INVITE: a session refresh, or the agent holding or resuming.
+                let body = String::from_utf8_lossy(&req.body);
+                let reoffer = match sdp.on_reoffer(&body) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        info!(error = %e, "refusing the agent's re-INVITE");
+                        let status = rsip::StatusCode::NotAcceptableHere;
+                        handle.respond(status, None, None).await.ok();
+                        return;
+                    }
+                };
                 let ct = rsip::Header::ContentType("application/sdp".into());
-                let _ = req;
+                let answer = reoffer.answer.into_bytes();
                 handle
-                    .respond(rsip::StatusCode::OK, Some(vec![ct]), None)
+                    .respond(rsip::StatusCode::OK, Some(vec![ct]), Some(answer))
                     .await
                     .ok();
+                match reoffer.change {
+                    Some(hold::Change::Held) => {
+                        self.on_hold_change("agent", hold::Change::Held);
+                        self.agent_hold_prompt_base =
+                            Some(self.media.counters().prompt_packets_out);
+                        self.media.play_loop(self.shared.hold_music.clone());
+                    }
+                    Some(hold::Change::Resumed) => {
+                        self.on_hold_change("agent", hold::Change::Resumed);
+                        self.media.stop_playback();
+                        let sent = self.media.counters().prompt_packets_out;
+                        let base = self.agent_hold_prompt_base.take().unwrap_or(sent);
+                        info!(
+                            hold_music_packets = sent.saturating_sub(base),
+                            "the caller heard hold music while the agent held"
+                        );
+                    }
+                    None => {}
+                }
             }
             _ => {}
         }
+    }
+
+    /// Counts and logs a hold or resume by `side`, and keeps the hold time.
+    fn on_hold_change(&mut self, side: &'static str, change: hold::Change) {
+        let held =
+            self.caller_sdp.is_held() || self.agent_sdp.as_ref().is_some_and(|s| s.is_held());
+        self.hold_clock.update(held, now_ms());
+        match change {
+            hold::Change::Held => {
+                metrics::counter!("carillon_holds_total", "side" => side).increment(1);
+                info!(side, "call put on hold");
+            }
+            hold::Change::Resumed => info!(side, "call resumed from hold"),
+        }
+    }
+
+    /// Tells the agent leg that the caller holds or resumes: a re-INVITE offering the
+    /// caller's direction (sendonly or inactive on hold, sendrecv on resume). Sent from its
+    /// own task, so the call goes on reacting while the agent's phone answers.
+    fn relay_hold_to_agent(&mut self, offered: carillon_media::sdp::Direction) {
+        let (Phase::Connected { dialog }, Some(sdp)) = (&self.phase, self.agent_sdp.as_mut())
+        else {
+            return;
+        };
+        let body = sdp.reoffer(offered).into_bytes();
+        let dialog = dialog.clone();
+        let ct = rsip::Header::ContentType("application/sdp".into());
+        tokio::spawn(
+            async move {
+                match dialog.reinvite(Some(vec![ct]), Some(body)).await {
+                    Ok(Some(resp)) => {
+                        debug!(status = %resp.status_code, "agent answered the hold re-INVITE")
+                    }
+                    Ok(None) => debug!("agent leg not confirmed; hold not relayed"),
+                    Err(e) => warn!(error = %e, "could not relay the caller's hold to the agent"),
+                }
+            }
+            .in_current_span(),
+        );
     }
 
     /// The caller hung up (BYE or CANCEL) or its dialog vanished.
@@ -821,7 +931,8 @@ impl Call {
             rtp_agent_to_caller: counters.agent_to_caller_packets,
             node: self.shared.node_id.clone(),
         };
-        info!(disposition = %cdr.disposition, wait_ms = cdr.wait_ms, "call record stored");
+        let held_ms = self.hold_clock.held_ms(now_ms());
+        info!(disposition = %cdr.disposition, wait_ms = cdr.wait_ms, held_ms, "call record stored");
         if let Err(e) = self.shared.records.put_cdr(&cdr) {
             warn!(error = %e, "could not store the call record");
         }

@@ -14,6 +14,7 @@ mod cluster_membership;
 mod cluster_owner_loss;
 mod demo_cluster;
 mod example_single_node;
+mod hold;
 mod ivr;
 mod malformed;
 mod overload;
