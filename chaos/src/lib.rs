@@ -6,8 +6,8 @@
 //! report, writes it as JSON on request, and fails when an invariant does.
 //!
 //! It talks to nodes only as an operator would (processes, config files, the HTTP API),
-//! so it does not depend on the node crate. The seeded in-process simulator of issue 6 is
-//! not here yet.
+//! so it does not depend on the node crate. The seeded in-process simulator (`carillon chaos
+//! sim`) is [`sim`]: the consensus and routing crates in one thread on a simulated clock.
 
 pub mod cluster;
 pub mod faults;
@@ -20,6 +20,7 @@ pub mod proxy;
 pub mod report;
 pub mod rng;
 pub mod scenario;
+pub mod sim;
 pub mod sipp;
 
 use std::path::PathBuf;
@@ -27,6 +28,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 
 pub use report::Report;
+pub use sim::{run_cli as run_sim, SimArgs};
 
 /// `carillon chaos run` options.
 #[derive(clap::Args, Clone, Debug)]

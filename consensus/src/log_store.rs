@@ -102,15 +102,29 @@ pub(crate) fn decode<T: DeserializeOwned>(
     postcard::from_bytes(bytes).map_err(|source| StoreError::Decode { what, source })
 }
 
-/// Runs blocking redb work (commits fsync) off the async worker threads.
-pub(crate) async fn blocking<T, F>(f: F) -> Result<T, StoreError>
+/// Where a store runs its blocking redb work (commits that fsync).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum StoreIo {
+    /// On tokio's blocking pool, off the async worker threads: what a node does.
+    #[default]
+    Blocking,
+    /// On the calling task. For a simulator whose storage backend lives in memory: a
+    /// blocking-pool thread would finish at a moment no seed decides.
+    Inline,
+}
+
+/// Runs blocking redb work where `io` says.
+pub(crate) async fn blocking<T, F>(io: StoreIo, f: F) -> Result<T, StoreError>
 where
     F: FnOnce() -> Result<T, StoreError> + Send + 'static,
     T: Send + 'static,
 {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| StoreError::Worker(e.to_string()))?
+    match io {
+        StoreIo::Blocking => tokio::task::spawn_blocking(f)
+            .await
+            .map_err(|e| StoreError::Worker(e.to_string()))?,
+        StoreIo::Inline => f(),
+    }
 }
 
 /// The redb-backed Raft log store. Cheap to clone: clones share one database.
@@ -122,6 +136,7 @@ pub struct LogStore {
 struct Inner {
     db: Database,
     path: PathBuf,
+    io: StoreIo,
 }
 
 impl Debug for LogStore {
@@ -139,6 +154,26 @@ impl LogStore {
             path: path.to_path_buf(),
             source,
         })?;
+        LogStore::from_db(db, path, StoreIo::Blocking)
+    }
+
+    /// Opens the log on another redb backend (a simulator's in-memory disk), named `label`
+    /// in errors, running its disk work as `io` says.
+    pub fn open_backend(
+        backend: impl redb::StorageBackend,
+        label: &Path,
+        io: StoreIo,
+    ) -> Result<LogStore, StoreError> {
+        let db = Database::builder()
+            .create_with_backend(backend)
+            .map_err(|source| StoreError::Open {
+                path: label.to_path_buf(),
+                source,
+            })?;
+        LogStore::from_db(db, label, io)
+    }
+
+    fn from_db(db: Database, path: &Path, io: StoreIo) -> Result<LogStore, StoreError> {
         // Create both tables up front so readers never meet a missing table.
         let txn = db.begin_write().map_err(db_err)?;
         {
@@ -150,6 +185,7 @@ impl LogStore {
             inner: Arc::new(Inner {
                 db,
                 path: path.to_path_buf(),
+                io,
             }),
         })
     }
@@ -176,7 +212,7 @@ impl LogStore {
         durability: Durability,
     ) -> Result<(), StoreError> {
         let inner = Arc::clone(&self.inner);
-        blocking(move || {
+        blocking(inner.io, move || {
             let mut txn = inner.db.begin_write().map_err(db_err)?;
             txn.set_durability(durability).map_err(db_err)?;
             {
@@ -291,7 +327,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         }
         let inner = Arc::clone(&self.inner);
         // One transaction for the whole batch: one fsync however many entries it holds.
-        let result = blocking(move || {
+        let result = blocking(inner.io, move || {
             let txn = inner.db.begin_write().map_err(db_err)?;
             {
                 let mut table = txn.open_table(LOG).map_err(db_err)?;
@@ -318,7 +354,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
         let from = last_log_id.map_or(0, |id| id.index + 1);
         let inner = Arc::clone(&self.inner);
-        blocking(move || {
+        blocking(inner.io, move || {
             let txn = inner.db.begin_write().map_err(db_err)?;
             {
                 let mut table = txn.open_table(LOG).map_err(db_err)?;
@@ -336,7 +372,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let inner = Arc::clone(&self.inner);
         // The purge mark and the deletion commit together, so the log never shows a hole
         // or entries at or below the mark.
-        blocking(move || {
+        blocking(inner.io, move || {
             let txn = inner.db.begin_write().map_err(db_err)?;
             {
                 let mut meta = txn.open_table(META).map_err(db_err)?;

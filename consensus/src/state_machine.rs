@@ -38,7 +38,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, Mutex};
 
 use crate::dedup::Dedup;
-use crate::log_store::{blocking, db_err, decode, encode, StoreError};
+use crate::log_store::{blocking, db_err, decode, encode, StoreError, StoreIo};
 use crate::types::{Applied, Proposal, TypeConfig};
 
 /// What openraft streams between nodes for a snapshot: the postcard-encoded state, whole
@@ -142,6 +142,7 @@ struct CurrentSnapshot {
 struct Inner {
     db: Database,
     path: PathBuf,
+    io: StoreIo,
     state: RwLock<SmState>,
     /// Serialises snapshot writes (build and install) so the stored and cached copies
     /// never disagree; held across the disk write, hence tokio's mutex.
@@ -159,7 +160,7 @@ impl Inner {
     /// Writes `bytes` as the one stored snapshot.
     async fn store_snapshot(self: &Arc<Self>, bytes: Arc<Vec<u8>>) -> Result<(), StoreError> {
         let inner = Arc::clone(self);
-        blocking(move || {
+        blocking(inner.io, move || {
             let txn = inner.db.begin_write().map_err(db_err)?;
             {
                 let mut table = txn.open_table(SNAPSHOT).map_err(db_err)?;
@@ -200,6 +201,32 @@ impl StateMachineStore {
             path: path.to_path_buf(),
             source,
         })?;
+        StateMachineStore::from_db(db, path, events, StoreIo::Blocking)
+    }
+
+    /// Opens the state machine on another redb backend (a simulator's in-memory disk),
+    /// named `label` in errors, running its disk work as `io` says.
+    pub fn open_backend(
+        backend: impl redb::StorageBackend,
+        label: &Path,
+        events: Option<mpsc::Sender<AppliedEntry>>,
+        io: StoreIo,
+    ) -> Result<StateMachineStore, StoreError> {
+        let db = Database::builder()
+            .create_with_backend(backend)
+            .map_err(|source| StoreError::Open {
+                path: label.to_path_buf(),
+                source,
+            })?;
+        StateMachineStore::from_db(db, label, events, io)
+    }
+
+    fn from_db(
+        db: Database,
+        path: &Path,
+        events: Option<mpsc::Sender<AppliedEntry>>,
+        io: StoreIo,
+    ) -> Result<StateMachineStore, StoreError> {
         let txn = db.begin_write().map_err(db_err)?;
         {
             txn.open_table(SNAPSHOT).map_err(db_err)?;
@@ -234,6 +261,7 @@ impl StateMachineStore {
             inner: Arc::new(Inner {
                 db,
                 path: path.to_path_buf(),
+                io,
                 state: RwLock::new(state),
                 snapshot: Mutex::new(current),
                 events,

@@ -60,6 +60,9 @@ enum Cmd {
 enum ChaosCmd {
     /// Start a cluster behind fault proxies, inject faults under SIP load, check, report.
     Run(carillon_chaos::ChaosArgs),
+    /// The seeded cluster simulator: many Raft nodes in one thread on a simulated network
+    /// and clock; prints any failing seed and how to replay it.
+    Sim(carillon_chaos::SimArgs),
 }
 
 #[derive(Subcommand)]
@@ -154,6 +157,17 @@ async fn main() -> std::process::ExitCode {
             match std::env::current_exe() {
                 Ok(exe) => carillon_chaos::run(args, exe).await.map(|_| ()),
                 Err(e) => Err(anyhow::anyhow!("cannot locate the carillon binary: {e}")),
+            }
+        }
+        Cmd::Chaos {
+            what: ChaosCmd::Sim(args),
+        } => {
+            // Crashed simulated nodes log "raft stopped" errors by design: not news.
+            init_logs(cli.log_json, "error,openraft=off");
+            // Each seed builds its own single-threaded runtime: off the async workers.
+            match tokio::task::spawn_blocking(move || carillon_chaos::run_sim(args)).await {
+                Ok(r) => r,
+                Err(e) => Err(anyhow::anyhow!("the simulator panicked: {e}")),
             }
         }
     };

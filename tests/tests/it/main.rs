@@ -9,6 +9,7 @@ mod agent_hangup;
 mod api;
 mod calls_bulk;
 mod chaos;
+mod chaos_sim;
 mod cluster;
 mod cluster_membership;
 mod cluster_owner_loss;
