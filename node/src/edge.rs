@@ -337,11 +337,11 @@ async fn invite(shared: Arc<Shared>, mut tx: Transaction) {
         }
     };
     let caller_dialog = dialog.clone();
-    let events = shared.routing.subscribe(&call_id);
+    let mut events = shared.routing.subscribe(&call_id);
     let ct = Header::ContentType("application/sdp".into());
     if let Err(e) = caller_dialog.accept(Some(vec![ct]), Some(answer_sdp.clone().into_bytes())) {
         warn!(error = %e, "could not answer the caller");
-        shared.routing.unsubscribe(&call_id);
+        shared.routing.unsubscribe(&call_id, &mut events);
         return;
     }
     let media = CallMedia::start(MediaLeg::new(port, codec, remote));

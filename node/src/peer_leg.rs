@@ -150,7 +150,7 @@ impl CallFate {
 
 impl Drop for CallFate {
     fn drop(&mut self) {
-        self.routing.unsubscribe(&self.call);
+        self.routing.unsubscribe(&self.call, &mut self.events);
     }
 }
 

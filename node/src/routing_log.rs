@@ -42,7 +42,9 @@ pub struct RoutingLog {
 
 struct Inner {
     backend: Backend,
-    calls: Mutex<HashMap<String, mpsc::Sender<Event>>>,
+    /// Per call, whoever on this node follows it: the owner's call task, or inter-node
+    /// legs ringing agents here for another node's call (ring-all may run two at once).
+    calls: Mutex<HashMap<String, Vec<mpsc::Sender<Event>>>>,
     /// Every applied event, for the API's event streams (bounded; slow readers lag).
     watchers: broadcast::Sender<Event>,
 }
@@ -89,16 +91,27 @@ impl RoutingLog {
         }
     }
 
-    /// Registers the owner of `call` before it is enqueued; its events arrive on the
-    /// returned receiver.
+    /// Follows `call` (the owner registers before it enqueues): its events arrive on the
+    /// returned receiver until [`RoutingLog::unsubscribe`].
     pub fn subscribe(&self, call: &str) -> mpsc::Receiver<Event> {
         let (tx, rx) = mpsc::channel(CALL_EVENTS_MAX);
-        lock(&self.inner.calls).insert(call.to_string(), tx);
+        lock(&self.inner.calls)
+            .entry(call.to_string())
+            .or_default()
+            .push(tx);
         rx
     }
 
-    pub fn unsubscribe(&self, call: &str) {
-        lock(&self.inner.calls).remove(call);
+    /// Stops following `call` through `events` (closed here); other followers stay.
+    pub fn unsubscribe(&self, call: &str, events: &mut mpsc::Receiver<Event>) {
+        events.close();
+        let mut calls = lock(&self.inner.calls);
+        if let Some(followers) = calls.get_mut(call) {
+            followers.retain(|tx| !tx.is_closed());
+            if followers.is_empty() {
+                calls.remove(call);
+            }
+        }
     }
 
     /// Applies one command. On a standalone node the events it produced have been handed
@@ -149,9 +162,11 @@ impl RoutingLog {
                 },
             };
             match calls.get(call) {
-                Some(owner) => {
-                    if let Err(e) = owner.try_send(event.clone()) {
-                        tracing::error!(call_id = %call, error = %e, "call task is not taking routing events");
+                Some(followers) => {
+                    for follower in followers {
+                        if let Err(e) = follower.try_send(event.clone()) {
+                            tracing::error!(call_id = %call, error = %e, "a call's task is not taking routing events");
+                        }
                     }
                 }
                 None => {

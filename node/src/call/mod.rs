@@ -940,7 +940,7 @@ impl Call {
     }
 
     fn finish_without_record(&mut self) {
-        self.shared.routing.unsubscribe(&self.id);
+        self.shared.routing.unsubscribe(&self.id, &mut self.events);
         self.shared
             .sip
             .dialogs
