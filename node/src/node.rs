@@ -46,6 +46,8 @@ pub struct Shared {
     pub recorder: Arc<carillon_media::Recorder>,
     pub trunks: Vec<(String, Vec<Cidr>)>,
     pub counters: Counters,
+    /// The live calls, for call control and supervision through the API.
+    pub calls: crate::call::registry::CallRegistry,
     registrar: Mutex<Registrar>,
     active_calls: AtomicUsize,
     call_seq: AtomicU64,
@@ -231,6 +233,7 @@ impl Node {
             records,
             recorder,
             counters: Counters::default(),
+            calls: Default::default(),
             registrar: Mutex::new(registrar),
             active_calls: AtomicUsize::new(0),
             call_seq: AtomicU64::new(1),

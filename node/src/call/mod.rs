@@ -21,8 +21,11 @@
 //! the inter-node leg) shows it, and the caller's resume likewise.
 
 mod callback;
+pub mod control;
 pub mod hold;
 mod ivr_io;
+pub mod registry;
+pub mod supervise;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -135,12 +138,16 @@ struct Call {
     hold_clock: hold::HoldClock,
     /// Hold-music packets sent to the caller when the agent's hold began.
     agent_hold_prompt_base: Option<u64>,
+    /// Requests from the API ([`registry`]); the registration lasts as long as the task.
+    control_rx: mpsc::Receiver<registry::Control>,
+    _registration: registry::Registration,
 }
 
 impl Call {
     fn new(shared: Arc<Shared>, s: CallSetup) -> Self {
         // At most one agent INVITE is current; stale ones only need a slot to report into.
         let (legs_tx, legs_rx) = mpsc::channel(8);
+        let (registration, control_rx) = shared.calls.register(&s.call_id);
         Self {
             shared,
             id: s.call_id,
@@ -169,6 +176,8 @@ impl Call {
             agent_sdp: None,
             hold_clock: hold::HoldClock::default(),
             agent_hold_prompt_base: None,
+            control_rx,
+            _registration: registration,
         }
     }
 
@@ -223,6 +232,7 @@ impl Call {
                     None => self.agent_states = None,
                 },
                 Some(leg) = self.legs_rx.recv() => self.on_leg(leg).await,
+                Some(c) = self.control_rx.recv() => self.on_control(c).await,
                 d = recv_dtmf(&mut self.dtmf) => match d {
                     Some(d) => self.on_digit(d.digit).await,
                     None => self.dtmf = None,
@@ -242,6 +252,13 @@ impl Call {
         crate::recording::finish(&self.shared, &self.media).await;
         self.store_record();
         self.finish_without_record();
+    }
+
+    async fn on_control(&mut self, control: registry::Control) {
+        match control {
+            registry::Control::Call(action, reply) => self.on_call_action(action, reply).await,
+            registry::Control::Supervise(action, reply) => self.on_supervise(action, reply).await,
+        }
     }
 
     async fn on_routing_event(&mut self, ev: Event) {
