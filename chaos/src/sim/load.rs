@@ -11,7 +11,7 @@ use std::time::Duration;
 use carillon_consensus::types::{Member, NodeId};
 use carillon_routing::{AgentState, Arrival, Command, Event, Party, QueueConfig};
 
-use super::invariants::{End, Observation};
+use super::invariants::End;
 use super::node::{self, propose, spawn_propose};
 use super::world::{CallInfo, World};
 
@@ -519,15 +519,4 @@ async fn close_once(world: &Arc<World>) -> usize {
         let _ = propose(world, owner, cmd).await;
     }
     count
-}
-
-/// Feeds the committed history to the checks in log order.
-pub fn replay_history(world: &World) {
-    let now = world.now_ms();
-    let mut s = world.lock();
-    let history = std::mem::take(&mut s.history);
-    for e in history.values() {
-        s.checks.observe(now, &Observation::Committed(e));
-    }
-    s.history = history;
 }

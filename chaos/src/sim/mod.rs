@@ -129,7 +129,6 @@ pub fn run_seed(seed: u64, cfg: &SimConfig, keep_trace: bool) -> anyhow::Result<
         let end = tokio::time::timeout(Duration::from_millis(RUN_MS_MAX), script)
             .await
             .ok();
-        load::replay_history(&world);
         let now = world.now_ms();
         let rafts: Vec<_> = {
             let mut s = world.lock();

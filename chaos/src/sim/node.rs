@@ -213,6 +213,7 @@ async fn consume(world: Arc<World>, id: NodeId, mut rx: mpsc::Receiver<AppliedEn
             fresh
         };
         if fresh {
+            world.check_committed(entry.index);
             world.trace(format_args!(
                 "commit {} {} -> {} events{}",
                 entry.index,

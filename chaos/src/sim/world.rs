@@ -15,7 +15,7 @@ use carillon_consensus::state_machine::{AcdReader, AppliedEntry};
 use carillon_consensus::types::{NodeId, Raft};
 
 use super::disk::SimDisk;
-use super::invariants::{Checks, Observation};
+use super::invariants::{Checks, Observation, Violation};
 use super::trace::Trace;
 use super::SimConfig;
 use crate::rng::XorShift;
@@ -85,6 +85,8 @@ pub struct WorldState {
     pub checks: Checks,
     /// The committed history: the first replica to apply an index names its entry.
     pub history: BTreeMap<u64, AppliedEntry>,
+    /// The highest index fed to the history invariants so far.
+    pub checked_to: u64,
     pub calls: BTreeMap<String, CallInfo>,
     /// Entries whose events the owning node already acted on.
     pub reacted: BTreeSet<(u64, usize)>,
@@ -114,6 +116,7 @@ impl World {
                 links: Links::default(),
                 checks: Checks::default(),
                 history: BTreeMap::new(),
+                checked_to: 0,
                 calls: BTreeMap::new(),
                 reacted: BTreeSet::new(),
                 leader_terms: BTreeSet::new(),
@@ -149,6 +152,29 @@ impl World {
     pub fn observe(&self, obs: &Observation<'_>) {
         let now = self.now_ms();
         self.lock().checks.observe(now, obs);
+    }
+
+    /// Feeds the entry first applied at `index` to the history invariants, so they run at
+    /// every commit rather than once at the end and report a violation at the virtual time
+    /// it happened. The replica applying `index` first has applied every index below it,
+    /// so the entries arrive in log order (only routing entries are in the history; blank
+    /// and membership entries leave gaps in the numbering).
+    pub fn check_committed(&self, index: u64) {
+        let now = self.now_ms();
+        let mut s = self.lock();
+        let s = &mut *s;
+        if index <= s.checked_to {
+            s.checks.violations.push(Violation {
+                invariant: "history_in_log_order",
+                at_ms: now,
+                detail: format!("index {index} committed after index {}", s.checked_to),
+            });
+            return;
+        }
+        if let Some(e) = s.history.get(&index) {
+            s.checks.observe(now, &Observation::Committed(e));
+            s.checked_to = index;
+        }
     }
 
     /// The `at` a node stamps on a command: its own, possibly skewed, clock.

@@ -26,7 +26,8 @@ pub enum Observation<'a> {
     },
     /// `node` had applied up to `index` and its ACD hashed to `hash`.
     Hash { node: NodeId, index: u64, hash: u64 },
-    /// The committed history, entry by entry in log order (fed once the run is over).
+    /// The committed history, entry by entry in log order, fed as each entry commits
+    /// (the first replica to apply an index commits it for the run).
     Committed(&'a AppliedEntry),
 }
 
