@@ -67,6 +67,9 @@ pub struct Config {
     /// Call recording: on for every bridged call unless turned off here or per queue.
     #[serde(default)]
     pub recording: crate::recording::RecordingSection,
+    /// Place-in-line and expected-wait announcements to waiting callers; absent: none.
+    #[serde(default)]
+    pub announcements: Option<crate::announce::AnnounceSection>,
     /// Callback in queue; absent: callers cannot ask to be called back.
     #[serde(default)]
     pub callback: Option<CallbackSection>,
@@ -1151,6 +1154,9 @@ impl Config {
             ));
         }
         crate::recording::validate(&self.recording, &bad)?;
+        if let Some(a) = &self.announcements {
+            crate::announce::validate(a, &bad)?;
+        }
         Ok(())
     }
 

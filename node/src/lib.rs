@@ -13,6 +13,7 @@
 //! The ACD itself lives in `carillon-routing`, RTP in `carillon-media`, records in
 //! `carillon-ops`.
 
+pub mod announce;
 pub mod bench;
 pub mod call;
 pub mod clock;

@@ -103,6 +103,10 @@ fn describe() {
         "The longest current wait among unanswered calls per queue."
     );
     describe_gauge!("carillon_agents", "Agents by routing state and site.");
+    describe_counter!(
+        "carillon_announcements_total",
+        "Place-in-line and expected-wait announcements played to waiting callers."
+    );
     describe_gauge!(
         "carillon_service_level_ratio",
         "Calls answered within 20 s over calls answered or abandoned, on this node since start."

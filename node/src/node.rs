@@ -41,6 +41,8 @@ pub struct Shared {
     pub routing: RoutingLog,
     pub ports: Arc<PortPool>,
     pub hold_music: Arc<Prompt>,
+    /// Place-in-line and expected-wait announcements, when configured.
+    pub announcer: Option<Arc<crate::announce::Announcer>>,
     pub records: Arc<dyn RecordStore>,
     /// Call recording: settings, disk use, alarms ([`crate::recording`]).
     pub recorder: Arc<carillon_media::Recorder>,
@@ -196,6 +198,13 @@ impl Node {
         let hold_path = config.hold_music_path();
         let hold_music =
             Arc::new(Prompt::load_wav(&hold_path).with_context(|| "media.hold_music".to_string())?);
+        let announcer = match &config.announcements {
+            Some(a) => Some(Arc::new(crate::announce::Announcer::load(
+                a.clone(),
+                &config.resolve(&a.prompt_dir),
+            )?)),
+            None => None,
+        };
         let ports = PortPool::new(config.rtp.ip, config.rtp.port_min, config.rtp.port_max)
             .context("rtp: cannot set up the port pool")?;
         let (sip, incoming) = SipStack::start(config.sip.listen).await?;
@@ -230,6 +239,7 @@ impl Node {
             routing,
             ports,
             hold_music,
+            announcer,
             records,
             recorder,
             counters: Counters::default(),

@@ -138,6 +138,9 @@ struct Call {
     hold_clock: hold::HoldClock,
     /// Hold-music packets sent to the caller when the agent's hold began.
     agent_hold_prompt_base: Option<u64>,
+    /// When the next place-in-line announcement is due, and when the one playing ends.
+    announce_next: Option<tokio::time::Instant>,
+    announce_end: Option<tokio::time::Instant>,
     /// Requests from the API ([`registry`]); the registration lasts as long as the task.
     control_rx: mpsc::Receiver<registry::Control>,
     _registration: registry::Registration,
@@ -176,6 +179,8 @@ impl Call {
             agent_sdp: None,
             hold_clock: hold::HoldClock::default(),
             agent_hold_prompt_base: None,
+            announce_next: None,
+            announce_end: None,
             control_rx,
             _registration: registration,
         }
@@ -213,6 +218,12 @@ impl Call {
             return;
         }
         info!(caller = %self.caller, queue = %self.queue, priority, "call queued");
+        if let Some(a) = &self.shared.announcer {
+            self.announce_next = Some(
+                tokio::time::Instant::from_std(crate::clock::instant())
+                    + Duration::from_secs(a.settings.first_after_s),
+            );
+        }
         if self.shared.config.callback.is_some() && self.dtmf.is_none() {
             self.dtmf = self.media.take_dtmf();
         }
@@ -233,6 +244,8 @@ impl Call {
                 },
                 Some(leg) = self.legs_rx.recv() => self.on_leg(leg).await,
                 Some(c) = self.control_rx.recv() => self.on_control(c).await,
+                _ = callback::sleep_until_opt(self.announce_next) => self.announce(),
+                _ = callback::sleep_until_opt(self.announce_end) => self.announcement_over(),
                 d = recv_dtmf(&mut self.dtmf) => match d {
                     Some(d) => self.on_digit(d.digit).await,
                     None => self.dtmf = None,
@@ -252,6 +265,37 @@ impl Call {
         crate::recording::finish(&self.shared, &self.media).await;
         self.store_record();
         self.finish_without_record();
+    }
+
+    /// Plays the place-in-line announcement in place of the hold music, if the caller
+    /// still waits in line and routing has something to say, and sets the next one.
+    fn announce(&mut self) {
+        let Some(a) = self.shared.announcer.clone() else {
+            self.announce_next = None;
+            return;
+        };
+        let now = tokio::time::Instant::from_std(crate::clock::instant());
+        self.announce_next = Some(now + Duration::from_secs(a.settings.every_s));
+        if !matches!(self.phase, Phase::Waiting) || self.announce_end.is_some() {
+            return;
+        }
+        let estimate = self.shared.routing.read(|acd| acd.wait_estimate(&self.id));
+        let Some((prompt, words)) = estimate.as_ref().and_then(|e| a.announcement(e)) else {
+            return;
+        };
+        info!(words = %words.join(" "), "announcing place in line");
+        metrics::counter!("carillon_announcements_total").increment(1);
+        self.announce_end = Some(now + Duration::from_millis(prompt.duration_ms()));
+        self.media.play_loop(Arc::new(prompt));
+    }
+
+    /// The announcement has played: back to the hold music, unless the call moved on
+    /// (an agent answered, the caller left).
+    fn announcement_over(&mut self) {
+        self.announce_end = None;
+        if matches!(self.phase, Phase::Waiting | Phase::Ringing { .. }) {
+            self.media.play_loop(self.shared.hold_music.clone());
+        }
     }
 
     async fn on_control(&mut self, control: registry::Control) {

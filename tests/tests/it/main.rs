@@ -6,6 +6,7 @@ mod harness;
 
 mod abandon;
 mod agent_hangup;
+mod announce;
 mod api;
 mod calls_bulk;
 mod chaos;
