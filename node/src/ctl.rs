@@ -188,6 +188,27 @@ pub enum CtlCmd {
         #[command(subcommand)]
         action: RecordingsCmd,
     },
+    /// IVR flows of the node, changed live (admin tokens to change them).
+    Flows {
+        #[command(subcommand)]
+        action: FlowsCmd,
+    },
+}
+
+#[derive(clap::Subcommand)]
+pub enum FlowsCmd {
+    /// Every flow: name, start step, step count, the numbers that run it (JSON).
+    List,
+    /// Add a flow, or replace the one of the same name, from a TOML file holding one
+    /// flow: name, start, optional prompt_dir, and its steps as [[steps]] tables (the
+    /// keys of a [[flows]] entry in the config). The next call runs it.
+    Set { file: std::path::PathBuf },
+    /// Remove a flow that no number runs.
+    Delete { name: String },
+    /// Make calls to NUMBER (a configured number) run FLOW.
+    Attach { number: String, flow: String },
+    /// Calls to NUMBER run no flow: they go straight to its queue.
+    Detach { number: String },
 }
 
 #[derive(clap::Subcommand)]
@@ -435,6 +456,7 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
                 queue_set(&t, req).await
             }
         },
+        CtlCmd::Flows { action } => flows(&t, action).await,
         CtlCmd::Vip { action } => {
             let req = match action {
                 VipCmd::Set {
@@ -867,6 +889,43 @@ pub async fn queue_set(t: &Target, req: pb::SetQueueRequest) -> anyhow::Result<(
         .map_err(explain)?
         .into_inner();
     println!("{}", queue_json(&reply));
+    Ok(())
+}
+
+pub async fn flows(t: &Target, action: FlowsCmd) -> anyhow::Result<()> {
+    let mut admin = t.connect().await?.admin();
+    let reply = match action {
+        FlowsCmd::List => admin.list_flows(pb::ListFlowsRequest {}).await,
+        FlowsCmd::Set { file } => {
+            let toml = std::fs::read_to_string(&file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            admin.set_flow(pb::SetFlowRequest { toml }).await
+        }
+        FlowsCmd::Delete { name } => admin.delete_flow(pb::DeleteFlowRequest { name }).await,
+        FlowsCmd::Attach { number, flow } => {
+            admin
+                .attach_flow(pb::AttachFlowRequest { number, flow })
+                .await
+        }
+        FlowsCmd::Detach { number } => {
+            admin
+                .attach_flow(pb::AttachFlowRequest {
+                    number,
+                    flow: String::new(),
+                })
+                .await
+        }
+    }
+    .map_err(explain)?
+    .into_inner();
+    let flows: Vec<serde_json::Value> = reply
+        .flows
+        .iter()
+        .map(|f| {
+            serde_json::json!({ "name": f.name, "start": f.start, "steps": f.steps, "numbers": f.numbers })
+        })
+        .collect();
+    println!("{}", serde_json::json!({ "flows": flows }));
     Ok(())
 }
 

@@ -48,6 +48,8 @@ const PAGE_MAX: usize = 100_000;
 /// Longest reason code, id or number accepted from a caller, in bytes.
 const TEXT_MAX_BYTES: usize = 128;
 /// Queue statistics interval bounds.
+/// Largest flow accepted by `SetFlow` (a 256-step flow is far smaller).
+const FLOW_TOML_BYTES_MAX: usize = 256 * 1024;
 const STATS_INTERVAL_MIN_MS: u64 = 200;
 const STATS_INTERVAL_MAX_MS: u64 = 60_000;
 const STATS_INTERVAL_DEFAULT_MS: u64 = 1_000;
@@ -1182,6 +1184,83 @@ impl pb::admin_service_server::AdminService for Api {
         ))
     }
 
+    async fn list_flows(
+        &self,
+        req: Request<pb::ListFlowsRequest>,
+    ) -> Result<Response<pb::ListFlowsReply>, Status> {
+        self.authorize(&req, "AdminService.ListFlows", Role::Supervisor, "")?;
+        Ok(Response::new(self.flows_reply()))
+    }
+
+    async fn set_flow(
+        &self,
+        req: Request<pb::SetFlowRequest>,
+    ) -> Result<Response<pb::ListFlowsReply>, Status> {
+        let text = req.get_ref().toml.clone();
+        if text.len() > FLOW_TOML_BYTES_MAX {
+            return Err(Status::invalid_argument(format!(
+                "toml: at most {FLOW_TOML_BYTES_MAX} bytes"
+            )));
+        }
+        let ctx = self.authorize(&req, "AdminService.SetFlow", Role::Admin, "")?;
+        match self.shared.flows.set(&self.shared.config, &text) {
+            Ok(name) => {
+                self.audit(&ctx, &name, "allowed", "flow set");
+                info!(flow = %name, by = %ctx.principal.name, "IVR flow set");
+                Ok(Response::new(self.flows_reply()))
+            }
+            Err(why) => {
+                self.audit(&ctx, "", "failed", &why);
+                Err(Status::invalid_argument(why))
+            }
+        }
+    }
+
+    async fn delete_flow(
+        &self,
+        req: Request<pb::DeleteFlowRequest>,
+    ) -> Result<Response<pb::ListFlowsReply>, Status> {
+        let name = req.get_ref().name.clone();
+        check_text("name", &name, true)?;
+        let ctx = self.authorize(&req, "AdminService.DeleteFlow", Role::Admin, &name)?;
+        match self.shared.flows.delete(&name) {
+            Ok(()) => {
+                self.audit(&ctx, &name, "allowed", "flow deleted");
+                Ok(Response::new(self.flows_reply()))
+            }
+            Err(why) => {
+                self.audit(&ctx, &name, "failed", &why);
+                Err(Status::failed_precondition(why))
+            }
+        }
+    }
+
+    async fn attach_flow(
+        &self,
+        req: Request<pb::AttachFlowRequest>,
+    ) -> Result<Response<pb::ListFlowsReply>, Status> {
+        let r = req.get_ref().clone();
+        check_text("number", &r.number, true)?;
+        check_text("flow", &r.flow, false)?;
+        let ctx = self.authorize(&req, "AdminService.AttachFlow", Role::Admin, &r.number)?;
+        let flow = (!r.flow.is_empty()).then_some(r.flow.as_str());
+        match self
+            .shared
+            .flows
+            .attach(&self.shared.config, &r.number, flow)
+        {
+            Ok(()) => {
+                let detail = format!("flow {}", flow.unwrap_or("(none)"));
+                self.audit(&ctx, &r.number, "allowed", &detail);
+                Ok(Response::new(self.flows_reply()))
+            }
+            Err(why) => {
+                self.audit(&ctx, &r.number, "failed", &why);
+                Err(Status::failed_precondition(why))
+            }
+        }
+    }
+
     async fn list_numbers(
         &self,
         req: Request<pb::ListNumbersRequest>,
@@ -1201,6 +1280,23 @@ impl pb::admin_service_server::AdminService for Api {
 }
 
 impl Api {
+    fn flows_reply(&self) -> pb::ListFlowsReply {
+        pb::ListFlowsReply {
+            flows: self
+                .shared
+                .flows
+                .list()
+                .into_iter()
+                .map(|f| pb::FlowInfo {
+                    name: f.name,
+                    start: f.start,
+                    steps: u32::try_from(f.steps).unwrap_or(u32::MAX),
+                    numbers: f.numbers,
+                })
+                .collect(),
+        }
+    }
+
     fn vip_reply(&self, caller: &str) -> pb::SetVipReply {
         self.shared.routing.read(|acd| match acd.vip(caller) {
             Some(v) => pb::SetVipReply {

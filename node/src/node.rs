@@ -41,6 +41,8 @@ pub struct Shared {
     pub routing: RoutingLog,
     pub ports: Arc<PortPool>,
     pub hold_music: Arc<Prompt>,
+    /// The IVR flows and the numbers that run them, changed live by the admin API.
+    pub flows: crate::ivr::live::LiveFlows,
     /// Place-in-line and expected-wait announcements, when configured.
     pub announcer: Option<Arc<crate::announce::Announcer>>,
     pub records: Arc<dyn RecordStore>,
@@ -230,6 +232,7 @@ impl Node {
             secret_seed(),
             config.sip.registration_expires_max_s,
         );
+        let flows = crate::ivr::live::LiveFlows::from_config(&config);
         let shared = Arc::new(Shared {
             node_id: config.node.id.clone(),
             node_number: config.node_number().unwrap_or(0),
@@ -240,6 +243,7 @@ impl Node {
             ports,
             hold_music,
             announcer,
+            flows,
             records,
             recorder,
             counters: Counters::default(),

@@ -48,18 +48,7 @@ pub(super) struct Queued {
 impl Call {
     /// The flow of the number this call dialled, if it has one.
     pub(super) fn number_flow(&self) -> Option<Flow> {
-        let config = &self.shared.config;
-        let name = config
-            .numbers
-            .iter()
-            .find(|n| n.number == self.dialled)?
-            .flow
-            .as_deref()?;
-        let flow = crate::ivr::config::flow(config, name);
-        if flow.is_none() {
-            warn!(flow = %name, "the number's flow is missing from the config");
-        }
-        flow
+        self.shared.flows.for_number(&self.dialled)
     }
 
     /// Runs `flow` for the caller. `Some` when the call goes on to a queue; `None` when the

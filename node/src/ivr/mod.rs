@@ -15,6 +15,7 @@
 //! [`Outcome::Failed`], which the adapter logs and hangs up on.
 
 pub mod config;
+pub mod live;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -341,3 +341,115 @@ fn invalid_key_is_retried_then_a_silent_caller_is_hung_up_on() {
         node.log_tail()
     );
 }
+
+/// The gRPC address the harness gave the node.
+fn grpc_addr(node: &Node) -> std::net::SocketAddr {
+    let text = std::fs::read_to_string(node.dir().join("node.toml"))
+        .unwrap_or_else(|e| panic!("reading the node's config: {e}"));
+    let t: toml::Table = toml::from_str(&text).unwrap_or_else(|e| panic!("node.toml: {e}"));
+    t.get("grpc")
+        .and_then(|g| g.get("listen"))
+        .and_then(toml::Value::as_str)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("node.toml has no [grpc] listen"))
+}
+
+#[test]
+fn a_flow_changed_live_routes_the_next_call() {
+    const ADMIN: &str = "flows-admin-token";
+    const AGENT: &str = "flows-agent-token";
+    let prompts = prompts();
+    let mut spec = spec(prompts.path(), unused_port());
+    let mut tokens = toml::Table::new();
+    for (token, role, agent) in [(ADMIN, "admin", None), (AGENT, "agent", Some("1001"))] {
+        let mut t = toml::Table::new();
+        t.insert("role".into(), role.into());
+        t.insert("name".into(), format!("{role}-user").into());
+        if let Some(a) = agent {
+            t.insert("agent".into(), a.into());
+        }
+        tokens.insert(token.into(), toml::Value::Table(t));
+    }
+    spec.set("grpc", "listen", "127.0.0.1:9090")
+        .set("grpc", "tokens", toml::Value::Table(tokens));
+    let node = Node::start(spec);
+    let addr = grpc_addr(&node);
+    let ctl = |token: &str, args: &[&str]| crate::harness::ctl(addr, Some(token), args);
+    let listed = |out: &str| -> serde_json::Value {
+        serde_json::from_str(out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
+    };
+
+    let (ok, out, err) = ctl(ADMIN, &["flows", "list"]);
+    assert!(ok, "{err}");
+    let flows = listed(&out);
+    assert_eq!(flows["flows"][0]["name"], "utility", "{flows}");
+    assert_eq!(flows["flows"][0]["numbers"][0], "300", "{flows}");
+
+    let direct = |queue: &str| {
+        format!(
+            "name = \"direct\"\nstart = \"q\"\n[[steps]]\nid = \"q\"\nkind = \"queue\"\n\
+             queue = \"{queue}\"\npriority = 7\n"
+        )
+    };
+    let write = |name: &str, text: &str| {
+        let path = node.dir().join(name);
+        std::fs::write(&path, text).unwrap_or_else(|e| panic!("writing {name}: {e}"));
+        path.display().to_string()
+    };
+    let bad = write("bad.toml", &direct("nowhere"));
+    let good = write("good.toml", &direct("outage"));
+
+    // An agent may not change flows; a flow naming an unknown queue is refused by key.
+    let (ok, _, err) = ctl(AGENT, &["flows", "set", &good]);
+    assert!(!ok && err.to_lowercase().contains("permission"), "{err}");
+    let (ok, _, err) = ctl(ADMIN, &["flows", "set", &bad]);
+    assert!(!ok, "a flow into an unknown queue was accepted");
+    assert!(
+        err.contains("steps[0].queue") && err.contains("nowhere"),
+        "{err}"
+    );
+
+    let (ok, out, err) = ctl(ADMIN, &["flows", "set", &good]);
+    assert!(ok, "{err}");
+    assert_eq!(
+        listed(&out)["flows"].as_array().map(Vec::len),
+        Some(2),
+        "{out}"
+    );
+    let (ok, _, err) = ctl(ADMIN, &["flows", "attach", "300", "direct"]);
+    assert!(ok, "{err}");
+    // In use: not removable; the one no number runs now is.
+    let (ok, _, err) = ctl(ADMIN, &["flows", "delete", "direct"]);
+    assert!(!ok && err.contains("300"), "{err}");
+    let (ok, _, err) = ctl(ADMIN, &["flows", "delete", "utility"]);
+    assert!(ok, "{err}");
+
+    // The next call skips the menu: straight to outage at priority 7, no key pressed.
+    let _phone = ready_agent_1001(&node, TALK_MS);
+    write_keys(node.dir(), " ");
+    caller(&node, "caller_ivr_inband.xml", "5553005")
+        .assert_success("the caller goes straight to an agent");
+    let cdrs = node.wait_cdrs(1, Duration::from_secs(10));
+    let cdr = &cdrs[0];
+    assert_eq!(cdr_str(cdr, "disposition"), "answered", "CDR: {cdr}");
+    assert_eq!(cdr_str(cdr, "queue"), "outage", "CDR: {cdr}");
+    assert_queued(&node, "outage", 7);
+
+    let (ok, out, err) = ctl(ADMIN, &["audit", "list", "--json"]);
+    assert!(ok, "{err}");
+    let audit = listed(&out);
+    let entries = audit.as_array().cloned().unwrap_or_default();
+    for (action, outcome) in [
+        ("AdminService.SetFlow", "refused"),
+        ("AdminService.SetFlow", "failed"),
+        ("AdminService.SetFlow", "allowed"),
+        ("AdminService.AttachFlow", "allowed"),
+    ] {
+        assert!(
+            entries
+                .iter()
+                .any(|e| e["action"] == action && e["outcome"] == outcome),
+            "no {action} {outcome} in the audit log:\n{out}"
+        );
+    }
+}
