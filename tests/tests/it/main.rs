@@ -7,6 +7,7 @@ mod harness;
 mod abandon;
 mod agent_hangup;
 mod api;
+mod call_control;
 mod calls_bulk;
 mod chaos;
 mod chaos_sim;
