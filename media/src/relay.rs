@@ -423,7 +423,9 @@ impl Relay {
         let (from, to, rewriter, counter_in, table) = match side {
             Side::Caller => (
                 &mut self.caller,
-                self.agent.as_ref(),
+                // While a prompt plays (hold), the caller's audio does not reach the agent
+                // either: a hold silences both ways.
+                self.agent.as_ref().filter(|_| self.playback.is_none()),
                 &mut self.to_agent,
                 &self.counters.caller_packets_in,
                 self.transcode.as_ref().map(|t| &t[0]),

@@ -193,6 +193,16 @@ pub enum CtlCmd {
         #[command(subcommand)]
         action: FlowsCmd,
     },
+    /// Call control: hang up, hold, resume, blind transfer, click-to-dial, pick up.
+    Call {
+        #[command(subcommand)]
+        action: CallCmd,
+    },
+    /// The live blacklist of caller numbers (list: supervisor; add, remove: admin).
+    Blacklist {
+        #[command(subcommand)]
+        action: BlacklistCmd,
+    },
 }
 
 #[derive(clap::Subcommand)]
@@ -209,6 +219,58 @@ pub enum FlowsCmd {
     Attach { number: String, flow: String },
     /// Calls to NUMBER run no flow: they go straight to its queue.
     Detach { number: String },
+}
+
+#[derive(clap::Subcommand)]
+pub enum CallCmd {
+    /// End a connected call (BYE to both sides).
+    Hangup {
+        call: String,
+        /// The agent acting (agent tokens: their own; empty means the token's agent).
+        #[arg(long, default_value = "")]
+        agent: String,
+    },
+    /// Put a connected call on hold: the caller hears the hold music.
+    Hold {
+        call: String,
+        #[arg(long, default_value = "")]
+        agent: String,
+    },
+    /// Take a call off hold.
+    Resume {
+        call: String,
+        #[arg(long, default_value = "")]
+        agent: String,
+    },
+    /// Blind transfer to exactly one of --queue, --to-agent or --number.
+    Transfer {
+        call: String,
+        #[arg(long, default_value = "")]
+        agent: String,
+        #[arg(long, conflicts_with_all = ["to_agent", "number"], required_unless_present_any = ["to_agent", "number"])]
+        queue: Option<String>,
+        #[arg(long, conflicts_with = "number")]
+        to_agent: Option<String>,
+        #[arg(long)]
+        number: Option<String>,
+    },
+    /// Click-to-dial: ring AGENT's phone, then NUMBER through the gateway.
+    Dial { agent: String, number: String },
+    /// AGENT picks up CALL, which rings another agent or waits in line.
+    Pickup { call: String, agent: String },
+}
+
+#[derive(clap::Subcommand)]
+pub enum BlacklistCmd {
+    /// The callers refused now (configured and live changes).
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Refuse calls from CALLER on every node, from now on.
+    Add { caller: String },
+    /// Let calls from CALLER in again (also one from the config's [blacklist]).
+    Remove { caller: String },
 }
 
 #[derive(clap::Subcommand)]
@@ -532,7 +594,90 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
             };
             recordings_search(&t, req, json).await
         }
+        CtlCmd::Call { action } => call_control(&t, action).await,
+        CtlCmd::Blacklist { action } => blacklist(&t, action).await,
     }
+}
+
+/// `ctl call ...`: prints the call id and what the node did.
+pub async fn call_control(t: &Target, action: CallCmd) -> anyhow::Result<()> {
+    use pb::transfer_request::Target as To;
+    let api = t.connect().await?;
+    let mut calls = api.calls();
+    let request = |call: String, agent: String| pb::CallRequest { call, agent };
+    let reply = match action {
+        CallCmd::Hangup { call, agent } => calls.hangup(request(call, agent)).await,
+        CallCmd::Hold { call, agent } => calls.hold(request(call, agent)).await,
+        CallCmd::Resume { call, agent } => calls.resume(request(call, agent)).await,
+        CallCmd::Transfer {
+            call,
+            agent,
+            queue,
+            to_agent,
+            number,
+        } => {
+            let target = match (queue, to_agent, number) {
+                (Some(q), _, _) => To::Queue(q),
+                (_, Some(a), _) => To::ToAgent(a),
+                (_, _, Some(n)) => To::Number(n),
+                _ => bail!("name the target: --queue, --to-agent or --number"),
+            };
+            let req = pb::TransferRequest {
+                call,
+                agent,
+                target: Some(target),
+            };
+            calls.blind_transfer(req).await
+        }
+        CallCmd::Dial { agent, number } => {
+            calls.make_call(pb::MakeCallRequest { agent, number }).await
+        }
+        CallCmd::Pickup { call, agent } => calls.pickup(request(call, agent)).await,
+    }
+    .map_err(explain)?
+    .into_inner();
+    println!(
+        "{}",
+        serde_json::json!({ "call": reply.call, "outcome": reply.outcome })
+    );
+    Ok(())
+}
+
+/// `ctl blacklist ...`: prints the blacklist in effect after the change.
+pub async fn blacklist(t: &Target, action: BlacklistCmd) -> anyhow::Result<()> {
+    let mut admin = t.connect().await?.admin();
+    let (reply, json) = match action {
+        BlacklistCmd::List { json } => (
+            admin.list_blacklist(pb::ListBlacklistRequest {}).await,
+            json,
+        ),
+        BlacklistCmd::Add { caller } => (
+            admin
+                .set_blacklist(pb::SetBlacklistRequest {
+                    caller,
+                    remove: false,
+                })
+                .await,
+            false,
+        ),
+        BlacklistCmd::Remove { caller } => (
+            admin
+                .set_blacklist(pb::SetBlacklistRequest {
+                    caller,
+                    remove: true,
+                })
+                .await,
+            false,
+        ),
+    };
+    let callers = reply.map_err(explain)?.into_inner().callers;
+    if json {
+        return print_json(&callers);
+    }
+    for caller in callers {
+        println!("{caller}");
+    }
+    Ok(())
 }
 
 /// The API's default port, used when `--node` names only a host.

@@ -382,6 +382,10 @@ mod tests {
             rtp_caller_to_agent: 0,
             rtp_agent_to_caller: 0,
             node: node.into(),
+            hold_ms: 0,
+            ended_by: None,
+            direction: "inbound".into(),
+            transfer: None,
         }
     }
 

@@ -251,6 +251,37 @@ fn contact_expires_param(value: &str) -> Option<u32> {
     })
 }
 
+/// Whether calls from `caller` are refused: a live change through the API (replicated
+/// by routing, so the same on every node) wins over the node's configured `[blacklist]`.
+fn is_blacklisted(shared: &Shared, caller: &str) -> bool {
+    shared
+        .routing
+        .read(|acd| acd.blacklisted(caller))
+        .unwrap_or_else(|| shared.config.blacklist.callers.iter().any(|c| c == caller))
+}
+
+/// The blacklist in effect: the configured callers not let in since, and the callers
+/// blocked live, sorted.
+pub fn blacklist(
+    config: &crate::config::Config,
+    acd: &carillon_routing::Acd,
+) -> std::collections::BTreeSet<String> {
+    let mut callers: std::collections::BTreeSet<String> = config
+        .blacklist
+        .callers
+        .iter()
+        .filter(|c| acd.blacklisted(c) != Some(false))
+        .cloned()
+        .collect();
+    callers.extend(
+        acd.blacklist()
+            .iter()
+            .filter(|(_, blocked)| **blocked)
+            .map(|(c, _)| c.clone()),
+    );
+    callers
+}
+
 /// A new INVITE: trunk checks, admission, answer, then the call task.
 async fn invite(shared: Arc<Shared>, mut tx: Transaction) {
     let received = crate::clock::instant();
@@ -273,7 +304,7 @@ async fn invite(shared: Arc<Shared>, mut tx: Transaction) {
         return;
     };
     let caller = sip::from_user(&tx.original).unwrap_or_default();
-    if shared.config.blacklist.callers.contains(&caller) {
+    if is_blacklisted(&shared, &caller) {
         info!(%caller, %trunk, "blacklisted caller refused");
         sip::reply(&mut tx, StatusCode::Forbidden, vec![]).await;
         return;

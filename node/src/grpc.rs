@@ -24,7 +24,9 @@ use carillon_ops::api::v1 as pb;
 use carillon_ops::audit::{AuditEntry, AuditLog};
 use carillon_ops::auth::{AuthError, Principal, Role, TokenGrant, Tokens};
 use carillon_ops::records::{Cdr, RecordingEntry, RecordingQuery};
-use carillon_routing::{AgentState, Command, Event, ForcedState, QueueConfig, Strategy, Vip};
+use carillon_routing::{
+    AgentState, Command, Event, ForcedState, Party, QueueConfig, Strategy, Vip,
+};
 use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
@@ -32,6 +34,9 @@ use tonic::transport::{Identity, Server, ServerTlsConfig};
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
+use crate::call::control::CallAction;
+use crate::call::outbound::OutboundError;
+use crate::call::registry::ControlError;
 use crate::clock::now_ms;
 use crate::node::Shared;
 use crate::routing_log::ProposeError;
@@ -492,13 +497,127 @@ impl pb::agent_service_server::AgentService for Api {
     }
 }
 
-/// What call control lacks today, for UNIMPLEMENTED answers.
-const NO_CALL_CONTROL: &str = "the call task (node/src/call) has no control channel yet: \
-     calls end only when a party hangs up";
-const NO_REFER: &str = "transfers need SIP REFER or a re-bridge in the call task, which \
-     the node does not do yet";
-const NO_MIXING: &str = "three-party audio needs mixing in carillon-media, which is not \
-     wired into calls yet";
+/// What consulted transfer and conference lack, for UNIMPLEMENTED answers.
+const NO_MIXING: &str = "it needs a three-party audio mixer in carillon-media (being built) \
+     wired into the call task; blind transfer (BlindTransfer) works today";
+
+/// A call-control answer from the call task as a gRPC status.
+fn control_status(e: &ControlError) -> Status {
+    match e {
+        ControlError::NoSuchCall(_) | ControlError::NotFound(_) => Status::not_found(e.to_string()),
+        ControlError::Ended(_) => Status::not_found(e.to_string()),
+        ControlError::Busy(..) => Status::resource_exhausted(e.to_string()),
+        ControlError::Timeout(..) => Status::deadline_exceeded(e.to_string()),
+        ControlError::Refused(_) => Status::failed_precondition(e.to_string()),
+    }
+}
+
+/// A number to dial: digits, with an optional leading `+` (and `*`/`#` for services).
+fn check_number(number: &str) -> Result<(), Status> {
+    check_text("number", number, true)?;
+    let digits = number.strip_prefix('+').unwrap_or(number);
+    if digits.is_empty()
+        || !digits
+            .chars()
+            .all(|c| c.is_ascii_digit() || c == '*' || c == '#')
+    {
+        return Err(Status::invalid_argument(format!(
+            "number `{}` must be digits (optionally after a +)",
+            bounded(number)
+        )));
+    }
+    Ok(())
+}
+
+impl Api {
+    /// Authorises an action on a live call and finds where it is. An agent token acts only
+    /// as its own agent (`agent` empty means that agent) and only on a call that agent is
+    /// connected to or being offered; supervisors and admins on any. A call held by
+    /// another cluster node is refused with FAILED_PRECONDITION naming that node (the
+    /// caller leg and its media live there; ask that node's API).
+    fn authorize_call_action<T>(
+        &self,
+        req: &Request<T>,
+        action: &'static str,
+        call: &str,
+        agent: &str,
+    ) -> Result<Ctx, Status> {
+        check_text("call", call, true)?;
+        check_text("agent", agent, false)?;
+        let ctx = self.authorize(req, action, Role::Agent, call)?;
+        if ctx.principal.role == Role::Agent {
+            let own = ctx.principal.agent.clone().unwrap_or_default();
+            let acting = if agent.is_empty() {
+                own.as_str()
+            } else {
+                agent
+            };
+            if let Err(e) = ctx.principal.may_act_for(acting) {
+                return Err(self.refuse(&ctx, call, e));
+            }
+            let on_it = self
+                .shared
+                .routing
+                .read(|acd| acd.agent_state(acting).and_then(AgentState::call) == Some(call));
+            if !on_it {
+                let e = AuthError::NotOwn {
+                    own,
+                    target: format!("call {call}, which they are not on"),
+                };
+                return Err(self.refuse(&ctx, call, e));
+            }
+        }
+        self.check_owner(&ctx, call)?;
+        Ok(ctx)
+    }
+
+    /// Refuses a call that another cluster node holds, naming the node.
+    fn check_owner(&self, ctx: &Ctx, call: &str) -> Result<(), Status> {
+        let owner = self.shared.routing.read(|acd| acd.call_owner(call));
+        match owner {
+            Some(owner)
+                if self.shared.routing.cluster().is_some() && owner != self.shared.node_number =>
+            {
+                let sip = self
+                    .shared
+                    .routing
+                    .cluster()
+                    .and_then(|c| c.member(owner))
+                    .map(|m| format!(" (SIP {})", m.sip_addr))
+                    .unwrap_or_default();
+                let why = format!(
+                    "call {call} is held by node n{owner}{sip}: send call control for it to that node's API"
+                );
+                self.audit(ctx, call, "failed", &why);
+                Err(Status::failed_precondition(why))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Hands `action` to the call's task and audits the outcome.
+    async fn control(
+        &self,
+        ctx: &Ctx,
+        call: &str,
+        action: CallAction,
+    ) -> Result<Response<pb::CallReply>, Status> {
+        let what = format!("{action:?}");
+        match self.shared.calls.call(call, action).await {
+            Ok(outcome) => {
+                self.audit(ctx, call, "allowed", &format!("{what}: {outcome}"));
+                Ok(Response::new(pb::CallReply {
+                    call: call.to_string(),
+                    outcome,
+                }))
+            }
+            Err(e) => {
+                self.audit(ctx, call, "failed", &format!("{what}: {e}"));
+                Err(control_status(&e))
+            }
+        }
+    }
+}
 
 #[tonic::async_trait]
 impl pb::call_service_server::CallService for Api {
@@ -506,53 +625,72 @@ impl pb::call_service_server::CallService for Api {
         &self,
         req: Request<pb::CallRequest>,
     ) -> Result<Response<pb::CallReply>, Status> {
-        let call = req.get_ref().call.clone();
-        check_text("call", &call, true)?;
-        let ctx = self.authorize_call(&req, "CallService.Hangup", &call)?;
-        Err(self.unimplemented(
-            &ctx,
-            &call,
-            &format!("hang-up from the API is not implemented: {NO_CALL_CONTROL}"),
-        ))
+        let r = req.get_ref().clone();
+        let ctx = self.authorize_call_action(&req, "CallService.Hangup", &r.call, &r.agent)?;
+        let by = if ctx.principal.role == Role::Agent {
+            Party::Agent
+        } else {
+            Party::System
+        };
+        self.control(&ctx, &r.call, CallAction::Hangup { by }).await
     }
 
     async fn hold(&self, req: Request<pb::CallRequest>) -> Result<Response<pb::CallReply>, Status> {
-        let call = req.get_ref().call.clone();
-        check_text("call", &call, true)?;
-        let ctx = self.authorize_call(&req, "CallService.Hold", &call)?;
-        Err(self.unimplemented(
-            &ctx,
-            &call,
-            &format!("hold is not implemented: it needs a re-INVITE from the call task; {NO_CALL_CONTROL}"),
-        ))
+        let r = req.get_ref().clone();
+        let ctx = self.authorize_call_action(&req, "CallService.Hold", &r.call, &r.agent)?;
+        self.control(&ctx, &r.call, CallAction::Hold).await
     }
 
     async fn resume(
         &self,
         req: Request<pb::CallRequest>,
     ) -> Result<Response<pb::CallReply>, Status> {
-        let call = req.get_ref().call.clone();
-        check_text("call", &call, true)?;
-        let ctx = self.authorize_call(&req, "CallService.Resume", &call)?;
-        Err(self.unimplemented(
-            &ctx,
-            &call,
-            &format!("resume is not implemented (there is no hold yet); {NO_CALL_CONTROL}"),
-        ))
+        let r = req.get_ref().clone();
+        let ctx = self.authorize_call_action(&req, "CallService.Resume", &r.call, &r.agent)?;
+        self.control(&ctx, &r.call, CallAction::Resume).await
     }
 
     async fn blind_transfer(
         &self,
         req: Request<pb::TransferRequest>,
     ) -> Result<Response<pb::CallReply>, Status> {
-        let call = req.get_ref().call.clone();
-        check_text("call", &call, true)?;
-        let ctx = self.authorize_call(&req, "CallService.BlindTransfer", &call)?;
-        Err(self.unimplemented(
-            &ctx,
-            &call,
-            &format!("blind transfer is not implemented: {NO_REFER}"),
-        ))
+        use pb::transfer_request::Target;
+        let r = req.get_ref().clone();
+        let action = match &r.target {
+            Some(Target::Queue(q)) => {
+                check_text("queue", q, true)?;
+                CallAction::TransferToQueue { queue: q.clone() }
+            }
+            Some(Target::ToAgent(a)) => {
+                check_text("to_agent", a, true)?;
+                CallAction::TransferToAgent { agent: a.clone() }
+            }
+            Some(Target::Number(n)) => {
+                check_number(n)?;
+                CallAction::TransferToNumber { number: n.clone() }
+            }
+            None => {
+                return Err(Status::invalid_argument(
+                    "name the target: one of number, queue or to_agent",
+                ))
+            }
+        };
+        let ctx =
+            self.authorize_call_action(&req, "CallService.BlindTransfer", &r.call, &r.agent)?;
+        let missing = self.shared.routing.read(|acd| match &action {
+            CallAction::TransferToQueue { queue } if acd.queue_config(queue).is_none() => {
+                Some(format!("no queue named {queue}"))
+            }
+            CallAction::TransferToAgent { agent } if acd.agent_state(agent).is_none() => {
+                Some(format!("no agent {agent} has ever logged in"))
+            }
+            _ => None,
+        });
+        if let Some(why) = missing {
+            self.audit(&ctx, &r.call, "failed", &why);
+            return Err(Status::not_found(why));
+        }
+        self.control(&ctx, &r.call, action).await
     }
 
     async fn consulted_transfer(
@@ -565,9 +703,7 @@ impl pb::call_service_server::CallService for Api {
         Err(self.unimplemented(
             &ctx,
             &call,
-            &format!(
-                "consulted transfer is not implemented: it needs outbound calls and {NO_REFER}"
-            ),
+            &format!("consulted transfer is not implemented: {NO_MIXING}"),
         ))
     }
 
@@ -589,14 +725,34 @@ impl pb::call_service_server::CallService for Api {
         &self,
         req: Request<pb::MakeCallRequest>,
     ) -> Result<Response<pb::CallReply>, Status> {
-        let agent = req.get_ref().agent.clone();
-        check_text("agent", &agent, true)?;
-        let ctx = self.authorize_agent(&req, "CallService.MakeCall", &agent)?;
-        Err(self.unimplemented(
-            &ctx,
-            &agent,
-            "click-to-dial is not implemented: the node places no outbound trunk calls yet",
-        ))
+        let r = req.get_ref().clone();
+        check_text("agent", &r.agent, true)?;
+        check_number(&r.number)?;
+        let ctx = self.authorize_agent(&req, "CallService.MakeCall", &r.agent)?;
+        match crate::call::outbound::start(&self.shared, &r.agent, &r.number).await {
+            Ok(call) => {
+                self.audit(
+                    &ctx,
+                    &r.agent,
+                    "allowed",
+                    &format!("MakeCall {} -> {call}", r.number),
+                );
+                Ok(Response::new(pb::CallReply {
+                    call,
+                    outcome: format!("ringing agent {} first, then {}", r.agent, r.number),
+                }))
+            }
+            Err(e) => {
+                self.audit(&ctx, &r.agent, "failed", &e.to_string());
+                Err(match e {
+                    OutboundError::AtCapacity => Status::resource_exhausted(e.to_string()),
+                    OutboundError::Routing(ProposeError::Unavailable(_)) => {
+                        Status::unavailable(e.to_string())
+                    }
+                    _ => Status::failed_precondition(e.to_string()),
+                })
+            }
+        }
     }
 
     async fn pickup(
@@ -606,12 +762,19 @@ impl pb::call_service_server::CallService for Api {
         let r = req.get_ref().clone();
         check_text("call", &r.call, true)?;
         check_text("agent", &r.agent, true)?;
+        // Picking up a call that rings someone else is the point: an agent token acts as
+        // itself only, on any call that is not answered yet.
         let ctx = self.authorize_agent(&req, "CallService.Pickup", &r.agent)?;
-        Err(self.unimplemented(
-            &ctx,
-            &r.call,
-            "pick-up is not implemented: routing has no command to move an offer to another agent",
-        ))
+        let cmd = Command::Pickup {
+            call: r.call.clone(),
+            agent: r.agent.clone(),
+            at: now_ms(),
+        };
+        self.change(&ctx, &r.call, cmd).await?;
+        Ok(Response::new(pb::CallReply {
+            call: r.call.clone(),
+            outcome: format!("ringing agent {}", r.agent),
+        }))
     }
 }
 
@@ -1165,23 +1328,23 @@ impl pb::admin_service_server::AdminService for Api {
         req: Request<pb::ListBlacklistRequest>,
     ) -> Result<Response<pb::ListBlacklistReply>, Status> {
         self.authorize(&req, "AdminService.ListBlacklist", Role::Supervisor, "")?;
-        Ok(Response::new(pb::ListBlacklistReply {
-            callers: self.shared.config.blacklist.callers.clone(),
-        }))
+        Ok(Response::new(self.blacklist_reply()))
     }
 
     async fn set_blacklist(
         &self,
         req: Request<pb::SetBlacklistRequest>,
     ) -> Result<Response<pb::ListBlacklistReply>, Status> {
-        let caller = req.get_ref().caller.clone();
-        let ctx = self.authorize(&req, "AdminService.SetBlacklist", Role::Admin, &caller)?;
-        Err(self.unimplemented(
-            &ctx,
-            &caller,
-            "live blacklist changes are not implemented: the blacklist is read from \
-             [blacklist] in the config at start; edit it there and restart the node",
-        ))
+        let r = req.get_ref().clone();
+        check_text("caller", &r.caller, true)?;
+        let ctx = self.authorize(&req, "AdminService.SetBlacklist", Role::Admin, &r.caller)?;
+        let cmd = Command::SetBlacklist {
+            caller: r.caller.clone(),
+            blocked: !r.remove,
+            at: now_ms(),
+        };
+        self.change(&ctx, &r.caller, cmd).await?;
+        Ok(Response::new(self.blacklist_reply()))
     }
 
     async fn list_flows(
@@ -1294,6 +1457,17 @@ impl Api {
                     numbers: f.numbers,
                 })
                 .collect(),
+        }
+    }
+
+    /// The blacklist as calls meet it: the configured list with the live changes applied.
+    fn blacklist_reply(&self) -> pb::ListBlacklistReply {
+        let callers = self
+            .shared
+            .routing
+            .read(|acd| crate::edge::blacklist(&self.shared.config, acd));
+        pb::ListBlacklistReply {
+            callers: callers.into_iter().collect(),
         }
     }
 
@@ -1453,6 +1627,10 @@ pub fn cdr_to_pb(c: Cdr) -> pb::Cdr {
         rtp_caller_to_agent: c.rtp_caller_to_agent,
         rtp_agent_to_caller: c.rtp_agent_to_caller,
         node: c.node,
+        hold_ms: c.hold_ms,
+        ended_by: c.ended_by,
+        direction: c.direction,
+        transfer: c.transfer,
     }
 }
 
@@ -1478,6 +1656,10 @@ pub fn cdr_from_pb(c: pb::Cdr) -> Cdr {
         rtp_caller_to_agent: c.rtp_caller_to_agent,
         rtp_agent_to_caller: c.rtp_agent_to_caller,
         node: c.node,
+        hold_ms: c.hold_ms,
+        ended_by: c.ended_by,
+        direction: c.direction,
+        transfer: c.transfer,
     }
 }
 

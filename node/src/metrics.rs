@@ -339,6 +339,10 @@ mod tests {
             rtp_caller_to_agent: 10,
             rtp_agent_to_caller: 12,
             node: "n1".into(),
+            hold_ms: 0,
+            ended_by: None,
+            direction: "inbound".into(),
+            transfer: None,
         };
         call_recorded(&cdr);
         let text = handle.render();

@@ -60,6 +60,24 @@ pub struct Cdr {
     pub rtp_agent_to_caller: u64,
     /// The node that owned the call.
     pub node: String,
+    /// Time on hold, ms: held from either phone (re-INVITE) or through the API.
+    #[serde(default)]
+    pub hold_ms: u64,
+    /// Who ended the call when it was not a party's phone: `api` (CallService.Hangup).
+    #[serde(default)]
+    pub ended_by: Option<String>,
+    /// `inbound` (a trunk call) or `outbound` (click-to-dial).
+    #[serde(default = "inbound")]
+    pub direction: String,
+    /// The API's last blind transfer of the call: `queue:<name>`, `agent:<id>` or
+    /// `number:<number>`.
+    #[serde(default)]
+    pub transfer: Option<String>,
+}
+
+/// The direction of a record written before directions were recorded.
+fn inbound() -> String {
+    "inbound".into()
 }
 
 /// One call's recording: what it was, where the file is, how long and how big.
@@ -313,6 +331,10 @@ mod tests {
             rtp_caller_to_agent: 200,
             rtp_agent_to_caller: 199,
             node: "n1".into(),
+            hold_ms: 0,
+            ended_by: None,
+            direction: "inbound".into(),
+            transfer: None,
         }
     }
 

@@ -64,6 +64,8 @@ impl Canon for AcdLimits {
 
 /// VIP numbers kept at most.
 pub const VIPS_MAX: usize = 100_000;
+/// Live blacklist entries kept at most.
+pub const BLACKLIST_MAX: usize = 100_000;
 /// Skills per agent or per call at most.
 pub const SKILLS_MAX: usize = 64;
 /// Queue moves (overflows) per call at most: beyond, the call is refused (a loop).
@@ -78,6 +80,15 @@ pub struct WaitEstimate {
     /// position x recent average handle time / staffed agents; None without history or
     /// without a logged-in agent who could take the call.
     pub expected_wait_ms: Option<u64>,
+}
+
+/// A click-to-dial call as `StartOutbound` brings it.
+struct Outbound {
+    call: String,
+    agent: String,
+    number: String,
+    owner: NodeId,
+    site: String,
 }
 
 /// Order of candidates across queues: (priority, inverted; fairness term; arrival).
@@ -109,6 +120,9 @@ pub struct Acd {
     last_agent: BTreeMap<String, (String, Millis)>,
     /// Derived from `last_agent`, oldest first, for eviction.
     last_agent_age: BTreeSet<(Millis, String)>,
+    /// Live blacklist changes: caller -> blocked. Overrides each node's configured list.
+    #[serde(default)]
+    blacklist: BTreeMap<String, bool>,
 }
 
 impl Default for Acd {
@@ -138,6 +152,7 @@ impl Acd {
             vips: BTreeMap::new(),
             last_agent: BTreeMap::new(),
             last_agent_age: BTreeSet::new(),
+            blacklist: BTreeMap::new(),
         }
     }
 
@@ -218,6 +233,37 @@ impl Acd {
             Command::CallbackNoAnswer { call, .. } => {
                 self.callback_no_answer(&call, now, &mut events)?
             }
+            Command::TransferToQueue { call, queue, .. } => {
+                self.transfer_to_queue(&call, queue, now, &mut events)?
+            }
+            Command::TransferToAgent {
+                call,
+                agent,
+                wait_ms,
+                ..
+            } => self.transfer_to_agent(&call, &agent, wait_ms, now, &mut events)?,
+            Command::Pickup { call, agent, .. } => self.pickup(&call, &agent, now, &mut events)?,
+            Command::StartOutbound {
+                call,
+                agent,
+                number,
+                owner,
+                site,
+                ..
+            } => {
+                self.check_node_up(owner)?;
+                let outbound = Outbound {
+                    call,
+                    agent,
+                    number,
+                    owner,
+                    site,
+                };
+                self.start_outbound(outbound, now, &mut events)?
+            }
+            Command::SetBlacklist {
+                caller, blocked, ..
+            } => self.set_blacklist(caller, blocked)?,
         }
         self.now = now;
         self.match_calls(now, &mut events);
@@ -285,6 +331,17 @@ impl Acd {
     /// The lease length in force.
     pub fn lease_ms(&self) -> u64 {
         self.lease_ms
+    }
+
+    /// Whether the live blacklist blocks (`Some(true)`) or lets in (`Some(false)`)
+    /// `caller`; `None` leaves it to the node's configured list.
+    pub fn blacklisted(&self, caller: &str) -> Option<bool> {
+        self.blacklist.get(caller).copied()
+    }
+
+    /// Every live blacklist change, by caller.
+    pub fn blacklist(&self) -> &BTreeMap<String, bool> {
+        &self.blacklist
     }
 
     pub fn vip(&self, caller: &str) -> Option<&Vip> {
@@ -408,12 +465,17 @@ impl Acd {
     pub fn check_invariants(&self) -> Result<(), String> {
         self.roster.check_index()?;
         for (id, call) in &self.calls {
-            let Some(queue) = self.queues.get(&call.queue) else {
+            let outbound =
+                call.queue.is_empty() && matches!(call.state, CallState::Connected { .. });
+            let queue = self.queues.get(&call.queue);
+            if queue.is_none() && !outbound {
                 return Err(format!("call {id} is in unknown queue {}", call.queue));
-            };
+            }
             let tied: Vec<(&String, AgentState)> = match &call.state {
                 CallState::Waiting => {
-                    let in_line = queue.get(call.key()).is_some_and(|w| w.call == *id);
+                    let in_line = queue
+                        .and_then(|q| q.get(call.key()))
+                        .is_some_and(|w| w.call == *id);
                     if !in_line {
                         return Err(format!("waiting call {id} is not in its queue's line"));
                     }
@@ -1188,6 +1250,267 @@ impl Acd {
         Ok(())
     }
 
+    /// Takes a connected call off its agent as a call ends for them: talk time counted,
+    /// the agent released (wrap-up). Returns the agent. The call is left in no state the
+    /// caller of this must set.
+    fn release_connected(
+        &mut self,
+        call_id: &str,
+        action: &'static str,
+        now: Millis,
+        events: &mut Vec<Event>,
+    ) -> Result<String, RoutingError> {
+        let call = self.call(call_id)?;
+        let CallState::Connected { agent, answered_at } = &call.state else {
+            return Err(RoutingError::CallInvalidState {
+                call: call_id.to_owned(),
+                state: call.state.name(),
+                action,
+            });
+        };
+        let (agent, queue) = (agent.clone(), call.queue.clone());
+        let talk_ms = now.saturating_sub(*answered_at);
+        if let Some(a) = self.roster.get_mut(&agent) {
+            a.talk_ms = a.talk_ms.saturating_add(talk_ms);
+        }
+        if let Some(q) = self.queues.get_mut(&queue) {
+            let handle_ms = talk_ms.saturating_add(q.config.wrapup_ms);
+            q.record_handle(handle_ms);
+        }
+        self.after_call(&agent, &queue, now, events);
+        Ok(agent)
+    }
+
+    fn transfer_to_queue(
+        &mut self,
+        call_id: &str,
+        queue: String,
+        now: Millis,
+        events: &mut Vec<Event>,
+    ) -> Result<(), RoutingError> {
+        if !self.queues.contains_key(&queue) {
+            return Err(RoutingError::UnknownQueue(queue));
+        }
+        let call = self.call(call_id)?;
+        if call.queue.is_empty() {
+            return Err(RoutingError::CallInvalidState {
+                call: call_id.to_owned(),
+                state: "an outbound call",
+                action: "be transferred to a queue",
+            });
+        }
+        self.release_connected(
+            call_id,
+            "be transferred (only a connected call is)",
+            now,
+            events,
+        )?;
+        if let Some(call) = self.calls.get_mut(call_id) {
+            call.state = CallState::Waiting;
+            let from = std::mem::replace(&mut call.queue, queue);
+            if from != call.queue {
+                call.first_queue.get_or_insert(from);
+            }
+            call.queued_at = now;
+            call.preferred = None;
+        }
+        self.admit(call_id, now, events);
+        Ok(())
+    }
+
+    fn transfer_to_agent(
+        &mut self,
+        call_id: &str,
+        agent: &str,
+        wait_ms: u64,
+        now: Millis,
+        events: &mut Vec<Event>,
+    ) -> Result<(), RoutingError> {
+        let target = self.agent(agent)?;
+        if target.state == AgentState::LoggedOut {
+            return Err(RoutingError::AgentInvalidState {
+                agent: agent.to_owned(),
+                state: target.state.describe(),
+                action: "take a transfer",
+            });
+        }
+        let call = self.call(call_id)?;
+        if call.queue.is_empty() {
+            return Err(RoutingError::CallInvalidState {
+                call: call_id.to_owned(),
+                state: "an outbound call",
+                action: "be transferred to an agent",
+            });
+        }
+        if matches!(&call.state, CallState::Connected { agent: a, .. } if a == agent) {
+            return Err(RoutingError::CallInvalidState {
+                call: call_id.to_owned(),
+                state: "connected to that agent already",
+                action: "be transferred to them",
+            });
+        }
+        let ready = target.state == AgentState::Ready;
+        self.release_connected(
+            call_id,
+            "be transferred (only a connected call is)",
+            now,
+            events,
+        )?;
+        let Some(call) = self.calls.get_mut(call_id) else {
+            return Ok(());
+        };
+        call.queued_at = now;
+        call.preferred = Some(Preferred {
+            agent: agent.to_owned(),
+            until: now.saturating_add(wait_ms),
+            then_priority: None,
+        });
+        if ready {
+            let ring_timeout_ms = self
+                .queues
+                .get(&call.queue)
+                .map_or(0, |q| q.config.ring_timeout_ms);
+            self.offer(
+                call_id.to_owned(),
+                vec![agent.to_owned()],
+                ring_timeout_ms,
+                now,
+                events,
+            );
+        } else {
+            self.return_to_line(call_id);
+        }
+        Ok(())
+    }
+
+    fn pickup(
+        &mut self,
+        call_id: &str,
+        agent: &str,
+        now: Millis,
+        events: &mut Vec<Event>,
+    ) -> Result<(), RoutingError> {
+        let picker = self.agent(agent)?;
+        if !matches!(
+            picker.state,
+            AgentState::Ready | AgentState::NotReady { .. } | AgentState::WrapUp { .. }
+        ) {
+            return Err(RoutingError::AgentInvalidState {
+                agent: agent.to_owned(),
+                state: picker.state.describe(),
+                action: "pick up a call",
+            });
+        }
+        let call = self.call(call_id)?;
+        if call.callback.is_some() {
+            return Err(RoutingError::CallInvalidState {
+                call: call_id.to_owned(),
+                state: "a callback",
+                action: "be picked up",
+            });
+        }
+        let (state, queue, key) = (call.state.clone(), call.queue.clone(), call.key());
+        match state {
+            CallState::Waiting => {
+                if let Some(line) = self.queues.get_mut(&queue) {
+                    line.remove(key);
+                }
+            }
+            CallState::Offered { agents, .. } => {
+                for other in agents {
+                    self.revoke_to_ready(call_id, &other, RevokeReason::PickedUp, now, events);
+                }
+            }
+            CallState::Connected { .. } => {
+                return Err(RoutingError::CallInvalidState {
+                    call: call_id.to_owned(),
+                    state: state.name(),
+                    action: "be picked up (it is answered already)",
+                })
+            }
+        }
+        let ring_timeout_ms = self
+            .queues
+            .get(&queue)
+            .map_or(0, |q| q.config.ring_timeout_ms);
+        self.offer(
+            call_id.to_owned(),
+            vec![agent.to_owned()],
+            ring_timeout_ms,
+            now,
+            events,
+        );
+        Ok(())
+    }
+
+    fn start_outbound(
+        &mut self,
+        o: Outbound,
+        now: Millis,
+        events: &mut Vec<Event>,
+    ) -> Result<(), RoutingError> {
+        if self.calls.contains_key(&o.call) {
+            return Err(RoutingError::DuplicateCall(o.call));
+        }
+        if self.calls.len() >= self.limits.calls_max {
+            return Err(RoutingError::LimitReached {
+                what: "the number of live calls (calls_max)",
+                max: self.limits.calls_max,
+            });
+        }
+        let agent = self.agent(&o.agent)?;
+        if !matches!(agent.state, AgentState::Ready | AgentState::NotReady { .. }) {
+            return Err(RoutingError::AgentInvalidState {
+                agent: o.agent,
+                state: agent.state.describe(),
+                action: "place a call",
+            });
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.calls.insert(
+            o.call.clone(),
+            Call {
+                queue: String::new(),
+                caller: o.agent.clone(),
+                dialled: o.number,
+                arrived_at: now,
+                seq,
+                state: CallState::Connected {
+                    agent: o.agent.clone(),
+                    answered_at: now,
+                },
+                first_offered_at: None,
+                offers: 0,
+                last_agent: Some(o.agent.clone()),
+                owner: o.owner,
+                site: o.site,
+                priority: 0,
+                needs: Vec::new(),
+                queued_at: now,
+                first_queue: None,
+                moves: 0,
+                preferred: None,
+                callback: None,
+            },
+        );
+        self.totals.entered += 1;
+        let state = AgentState::OnCall { call: o.call };
+        self.set_agent(&o.agent, state, 0, events);
+        Ok(())
+    }
+
+    fn set_blacklist(&mut self, caller: String, blocked: bool) -> Result<(), RoutingError> {
+        if !self.blacklist.contains_key(&caller) && self.blacklist.len() >= BLACKLIST_MAX {
+            return Err(RoutingError::LimitReached {
+                what: "the number of live blacklist entries (BLACKLIST_MAX)",
+                max: BLACKLIST_MAX,
+            });
+        }
+        self.blacklist.insert(caller, blocked);
+        Ok(())
+    }
+
     fn check_node_up(&self, node: NodeId) -> Result<(), RoutingError> {
         match self.nodes.get(&node) {
             Some(status) if !status.up => Err(RoutingError::NodeDown(node)),
@@ -1881,6 +2204,7 @@ impl Canon for Acd {
             vips,
             last_agent,
             last_agent_age: _,
+            blacklist,
         } = self;
         now.canon(h);
         next_seq.canon(h);
@@ -1895,9 +2219,14 @@ impl Canon for Acd {
         settings.canon(h);
         vips.canon(h);
         last_agent.canon(h);
+        blacklist.canon(h);
     }
 }
 
 #[cfg(test)]
 #[path = "acd_test.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "acd_control_test.rs"]
+mod control_tests;

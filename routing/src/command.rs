@@ -159,6 +159,55 @@ pub enum Command {
     /// the agent is free again; the callback retries after the queue's gap, or gives up
     /// after `callback_attempts_max` attempts (record `CallbackUnanswered`).
     CallbackNoAnswer { call: String, at: Millis },
+    /// API blind transfer of a connected call to `queue`: the agent is released as after
+    /// `Ended` (wrap-up; talk time counted), and the call waits in `queue` keeping its
+    /// arrival (time and place in line), so it is served ahead of callers who called
+    /// after it; escalation, overflow and maximum wait count from the transfer. The
+    /// queue's entry rules apply (closed, full). Refused unless the call is connected.
+    TransferToQueue {
+        call: String,
+        queue: String,
+        at: Millis,
+    },
+    /// API blind transfer of a connected call to `agent` (not the one on it), who is
+    /// offered it at once when ready (skills are not checked: the transfer names them).
+    /// Otherwise the call waits at its place in its queue for that agent only, up to
+    /// `wait_ms` (then any agent of the queue may take it; the agent must then have the
+    /// queue's skills, as for a VIP's agent). The releasing agent wraps up.
+    TransferToAgent {
+        call: String,
+        agent: String,
+        wait_ms: u64,
+        at: Millis,
+    },
+    /// `agent` picks up a call that is ringing other agents or waiting in line: those
+    /// offers are revoked (`RevokeReason::PickedUp`, the agents back to ready) and the
+    /// call is offered to `agent` alone. The agent must be logged in and not tied to a
+    /// call (ready, not ready or wrapping up).
+    Pickup {
+        call: String,
+        agent: String,
+        at: Millis,
+    },
+    /// Click-to-dial: `agent` places a call to `number` through the node `owner`. The
+    /// call is connected to the agent at once (on a call, offered nothing else) and
+    /// belongs to no queue; it ends with `Ended` (record answered) or, when either party
+    /// never answered, `Lost` with the cause. The agent must be ready or not ready.
+    StartOutbound {
+        call: String,
+        agent: String,
+        number: String,
+        owner: NodeId,
+        site: String,
+        at: Millis,
+    },
+    /// Live blacklist: `blocked` true refuses calls from `caller` on every node, false
+    /// lets them in (also overriding a node's configured blacklist).
+    SetBlacklist {
+        caller: String,
+        blocked: bool,
+        at: Millis,
+    },
 }
 
 /// A state a supervisor may force on an agent.
@@ -246,6 +295,11 @@ impl Command {
             | Command::SetVip { at, .. }
             | Command::RequestCallback { at, .. }
             | Command::CallbackNoAnswer { at, .. }
+            | Command::TransferToQueue { at, .. }
+            | Command::TransferToAgent { at, .. }
+            | Command::Pickup { at, .. }
+            | Command::StartOutbound { at, .. }
+            | Command::SetBlacklist { at, .. }
             | Command::Abandon { at, .. }
             | Command::Connected { at, .. }
             | Command::OfferFailed { at, .. }

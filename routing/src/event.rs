@@ -22,6 +22,8 @@ pub enum RevokeReason {
     AnsweredElsewhere,
     /// A supervisor forced the agent's state.
     Supervisor,
+    /// Another agent picked the call up.
+    PickedUp,
 }
 
 /// How a call ended, for its terminal record.

@@ -43,7 +43,7 @@ mod skill;
 mod stats;
 mod strategy;
 
-pub use acd::{Acd, AcdLimits, WaitEstimate, MOVES_MAX, SKILLS_MAX, VIPS_MAX};
+pub use acd::{Acd, AcdLimits, WaitEstimate, BLACKLIST_MAX, MOVES_MAX, SKILLS_MAX, VIPS_MAX};
 pub use agent::AgentState;
 pub use cluster::{NodeStatus, LEASE_MS_DEFAULT};
 pub use command::{Arrival, Command, ForcedState, OfferFailure, Party, RoutingSettings, Vip};

@@ -1,15 +1,129 @@
-//! Call control asked for through the API (`CallService`): hang-up, hold and resume,
-//! transfers, conference, pick-up. The call task runs these between its other inputs.
+//! Call control asked for through the API (`CallService`): hang-up, hold and resume, and
+//! blind transfers to a queue, an agent or a number. The call task runs these between its
+//! other inputs, so a request never races the call's own signalling.
+//!
+//! - Hang-up sends BYE to both legs and ends the call in routing (`Ended`); the record
+//!   says `ended_by: api`.
+//! - Hold is the node's, not the phone's: the caller hears the hold music and neither
+//!   side hears the other (the media relay forwards nothing while a prompt plays) until
+//!   resume; it counts in `carillon_holds_total{side="api"}` and the record's `hold_ms`.
+//!   The agent's phone is not re-INVITEd, so any phone (or none) works.
+//! - A transfer to a queue or an agent is routing's (`TransferToQueue`, `TransferToAgent`):
+//!   once committed the agent's leg is hung up and the caller waits again with hold music
+//!   for the next offer, at its original place in line. An agent who is not ready is
+//!   waited for [`TRANSFER_AGENT_WAIT_MS`]; then anyone in the call's queue may take it.
+//! - A transfer to a number dials `sip:<number>@<callback.gateway>` while the caller hears
+//!   hold music; on an answer the caller is bridged to it and the agent's leg hung up
+//!   (routing sees the call end there, `Ended` by the agent, so the agent wraps up), and the
+//!   task follows the two remaining legs until either hangs up; the record's end is then.
+//!   If the number does not answer, the caller is back with the agent.
+//!
+//! Pick-up needs no call task: it is a routing command (`Pickup`) whose revoke and offer
+//! events the call acts on as on any others.
 
-use tokio::sync::oneshot;
+use std::time::Duration;
 
-use super::registry::{ControlError, ControlResult};
-use super::Call;
+use carillon_media::{MediaLeg, RtpPort};
+use carillon_routing::{Command, Event, Party};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, info, warn, Instrument};
+
+use super::registry::{Control, ControlError, ControlResult};
+use super::{agent_invite, hold, sanitize_user, Call, Phase, RECORD_WAIT_MS};
+use crate::clock::now_ms;
+use crate::registrar::SipTransport;
+use crate::routing_log::ProposeError;
+use crate::sip::{rsip, DialogState, DialogStateReceiver, InviteDialog};
+
+/// How long a call transferred to an agent who is not ready waits for that agent alone.
+pub const TRANSFER_AGENT_WAIT_MS: u64 = 30_000;
+/// How long a number a call is transferred to may ring.
+pub const TRANSFER_RING_MS: u64 = 30_000;
+/// The longest a call transferred to a number is followed (a lost BYE must not keep the
+/// task, its ports and its call slot for ever).
+const TRANSFERRED_CALL_MAX_MS: u64 = 4 * 3_600_000;
+/// Transfer-dial outcomes that may wait for the task (one dial is current at a time).
+const DIALS_MAX: usize = 2;
+
+/// Why transfers to a number and click-to-dial cannot work without a gateway.
+pub const NO_GATEWAY: &str = "no gateway to dial numbers through: set [callback] gateway \
+     in the node's config (transfers to a number and click-to-dial use it)";
 
 /// A call-control request for one call.
 #[derive(Debug)]
 pub enum CallAction {
-    Hangup,
+    /// End the call; `by` is recorded as the party who hung up.
+    Hangup {
+        by: Party,
+    },
+    Hold,
+    Resume,
+    TransferToQueue {
+        queue: String,
+    },
+    TransferToAgent {
+        agent: String,
+    },
+    TransferToNumber {
+        number: String,
+    },
+}
+
+/// What API call control did to one call.
+pub(super) struct ControlState {
+    /// The node holds the call on the agent's behalf.
+    pub(super) held: bool,
+    /// Hold-music packets sent when that hold began.
+    hold_prompt_base: Option<u64>,
+    /// `api` once CallService.Hangup ended the call.
+    pub(super) ended_by: Option<String>,
+    /// The last transfer, as the record names it.
+    pub(super) transfer: Option<String>,
+    /// The number being dialled for a transfer.
+    dialling: Option<String>,
+    /// The transfer leg: its dialog states, our side of its session, and (once answered)
+    /// its dialog.
+    states: Option<DialogStateReceiver>,
+    sdp: Option<hold::LegSdp>,
+    external: Option<InviteDialog>,
+    dials_tx: mpsc::Sender<TransferDial>,
+    pub(super) dials_rx: mpsc::Receiver<TransferDial>,
+}
+
+impl ControlState {
+    pub(super) fn new() -> Self {
+        let (dials_tx, dials_rx) = mpsc::channel(DIALS_MAX);
+        ControlState {
+            held: false,
+            hold_prompt_base: None,
+            ended_by: None,
+            transfer: None,
+            dialling: None,
+            states: None,
+            sdp: None,
+            external: None,
+            dials_tx,
+            dials_rx,
+        }
+    }
+}
+
+/// How the INVITE to a transfer's number ended.
+pub(super) struct TransferDial {
+    number: String,
+    dialog: InviteDialog,
+    result: Result<rsip::Response, String>,
+    port: RtpPort,
+}
+
+fn phase_name(phase: &Phase) -> &'static str {
+    match phase {
+        Phase::Waiting => "waiting in its queue",
+        Phase::CallbackWait => "a callback waiting for its turn",
+        Phase::Ringing { .. } => "ringing an agent",
+        Phase::Connected { .. } => "connected",
+        Phase::Ending => "ending",
+    }
 }
 
 impl Call {
@@ -18,12 +132,383 @@ impl Call {
         action: CallAction,
         reply: oneshot::Sender<ControlResult>,
     ) {
+        info!(?action, "call control from the API");
         let result = match action {
-            CallAction::Hangup => Err(ControlError::Refused(format!(
-                "hang-up of call {} is not built yet",
-                self.id
-            ))),
+            CallAction::Hangup { by } => self.api_hangup(by).await,
+            CallAction::Hold => self.api_hold(),
+            CallAction::Resume => self.api_resume(),
+            CallAction::TransferToQueue { queue } => {
+                let cmd = Command::TransferToQueue {
+                    call: self.id.clone(),
+                    queue: queue.clone(),
+                    at: now_ms(),
+                };
+                self.transfer_within(cmd, format!("queue:{queue}")).await
+            }
+            CallAction::TransferToAgent { agent } => {
+                let cmd = Command::TransferToAgent {
+                    call: self.id.clone(),
+                    agent: agent.clone(),
+                    wait_ms: TRANSFER_AGENT_WAIT_MS,
+                    at: now_ms(),
+                };
+                self.transfer_within(cmd, format!("agent:{agent}")).await
+            }
+            CallAction::TransferToNumber { number } => self.transfer_to_number(number),
         };
+        if let Err(e) = &result {
+            info!(error = %e, "call control refused");
+        }
         reply.send(result).ok();
+    }
+
+    /// The call must be connected to an agent and not in the middle of something else.
+    fn require_connected(&self, what: &str) -> Result<(), ControlError> {
+        if !matches!(self.phase, Phase::Connected { .. }) {
+            return Err(ControlError::Refused(format!(
+                "call {} is {}: {what} needs a connected call",
+                self.id,
+                phase_name(&self.phase)
+            )));
+        }
+        if self.callback.agent_leg.is_some() || self.callback.ringing.is_some() {
+            return Err(ControlError::Refused(format!(
+                "call {} is a callback whose customer is still being dialled; try again once they answer",
+                self.id
+            )));
+        }
+        if let Some(number) = &self.control.dialling {
+            return Err(ControlError::Refused(format!(
+                "call {} is being transferred to {number}; wait for that to answer or fail",
+                self.id
+            )));
+        }
+        Ok(())
+    }
+
+    async fn api_hangup(&mut self, by: Party) -> ControlResult {
+        self.require_connected("hang-up")?;
+        if let Phase::Connected { dialog } = std::mem::replace(&mut self.phase, Phase::Ending) {
+            self.remove_dialog(&dialog);
+            tokio::spawn(async move { dialog.bye().await.ok() }.in_current_span());
+        }
+        self.agent_states = None;
+        let caller = self.caller_dialog.clone();
+        tokio::spawn(async move { caller.bye().await.ok() }.in_current_span());
+        self.control.ended_by = Some("api".into());
+        let cmd = Command::Ended {
+            call: self.id.clone(),
+            by,
+            at: now_ms(),
+        };
+        if let Err(e) = self.shared.routing.propose(cmd).await {
+            warn!(error = %e, "routing refused the API hang-up");
+        }
+        Ok("hung up".into())
+    }
+
+    fn api_hold(&mut self) -> ControlResult {
+        self.require_connected("hold")?;
+        if self.control.held {
+            return Err(ControlError::Refused(format!(
+                "call {} is on hold already",
+                self.id
+            )));
+        }
+        if self.agent_sdp.as_ref().is_some_and(|s| s.is_held()) {
+            return Err(ControlError::Refused(format!(
+                "call {} is on hold at the agent's phone already",
+                self.id
+            )));
+        }
+        self.control.held = true;
+        self.on_hold_change("api", hold::Change::Held);
+        self.control.hold_prompt_base = Some(self.media.counters().prompt_packets_out);
+        self.media.play_loop(self.shared.hold_music.clone());
+        Ok("held".into())
+    }
+
+    fn api_resume(&mut self) -> ControlResult {
+        self.require_connected("resume")?;
+        if !self.control.held {
+            return Err(ControlError::Refused(format!(
+                "call {} is not on hold through the API",
+                self.id
+            )));
+        }
+        self.end_api_hold();
+        Ok("resumed".into())
+    }
+
+    /// Ends the API hold, if any: the music stops and the parties hear each other again.
+    fn end_api_hold(&mut self) {
+        if !self.control.held {
+            return;
+        }
+        self.control.held = false;
+        self.on_hold_change("api", hold::Change::Resumed);
+        self.media.stop_playback();
+        let sent = self.media.counters().prompt_packets_out;
+        let base = self.control.hold_prompt_base.take().unwrap_or(sent);
+        info!(
+            hold_music_packets = sent.saturating_sub(base),
+            "the caller heard hold music while the API held the call"
+        );
+    }
+
+    /// A transfer routing performs (to a queue or an agent): once committed, the agent's
+    /// leg goes and the caller waits for the next offer.
+    async fn transfer_within(&mut self, cmd: Command, label: String) -> ControlResult {
+        self.require_connected("a transfer")?;
+        match self.shared.routing.propose(cmd.clone()).await {
+            Ok(()) => {}
+            Err(ProposeError::Refused(why)) => return Err(ControlError::Refused(why)),
+            Err(e) => {
+                return Err(ControlError::Refused(format!(
+                    "routing cannot take the transfer now ({e}); try again"
+                )))
+            }
+        }
+        self.end_api_hold();
+        if let Phase::Connected { dialog } = std::mem::replace(&mut self.phase, Phase::Waiting) {
+            self.remove_dialog(&dialog);
+            tokio::spawn(async move { dialog.bye().await.ok() }.in_current_span());
+        }
+        self.agent_states = None;
+        self.agent_sdp = None;
+        let held = self.caller_sdp.is_held();
+        self.hold_clock.update(held, now_ms());
+        if let Command::TransferToQueue { queue, .. } = cmd {
+            self.queue = queue;
+        }
+        info!(transfer = %label, "call transferred; the caller waits for the next offer");
+        metrics::counter!("carillon_transfers_total", "to" => label.split(':').next().unwrap_or("").to_string())
+            .increment(1);
+        self.control.transfer = Some(label.clone());
+        self.back_to_waiting();
+        Ok(format!("transferred to {label}"))
+    }
+
+    /// Starts dialling `number` for a blind transfer; the outcome comes back through
+    /// `control.dials_rx` to [`Call::on_transfer_dial`].
+    fn transfer_to_number(&mut self, number: String) -> ControlResult {
+        self.require_connected("a transfer")?;
+        let gateway = self
+            .shared
+            .config
+            .callback
+            .as_ref()
+            .map(|c| c.gateway)
+            .ok_or_else(|| ControlError::Refused(NO_GATEWAY.into()))?;
+        let port =
+            self.shared.ports.allocate().map_err(|e| {
+                ControlError::Refused(format!("no RTP port for the transfer leg: {e}"))
+            })?;
+        let offer = carillon_media::sdp::offer(port.local_addr(), &[self.codec], now_ms());
+        let uri = format!("sip:{}@{}", sanitize_user(&number), gateway);
+        let options = agent_invite(
+            &self.shared,
+            &uri,
+            gateway,
+            SipTransport::Udp,
+            &self.caller,
+            offer.clone(),
+        )
+        .map_err(ControlError::Refused)?;
+        let (tx, rx) = self.shared.sip.dialogs.new_dialog_state_channel();
+        let (dialog, join) = self
+            .shared
+            .sip
+            .dialogs
+            .do_invite_async(options, tx)
+            .map_err(|e| ControlError::Refused(format!("the transfer INVITE failed: {e}")))?;
+        info!(%uri, "transfer: dialling the number; the caller hears hold music");
+        self.control.dialling = Some(number.clone());
+        self.control.states = Some(rx);
+        self.control.sdp = Some(hold::LegSdp::new(offer));
+        self.media.play_loop(self.shared.hold_music.clone());
+        let outcomes = self.control.dials_tx.clone();
+        let dialled = number.clone();
+        tokio::spawn(
+            async move {
+                let ring = Duration::from_millis(TRANSFER_RING_MS);
+                let result = match tokio::time::timeout(ring, join).await {
+                    Ok(Ok(Ok((_, Some(resp))))) => Ok(resp),
+                    Ok(Ok(Ok((_, None)))) => Err("no final response".to_string()),
+                    Ok(Ok(Err(e))) => Err(e.to_string()),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(_) => {
+                        dialog.cancel().await.ok();
+                        Err(format!("no answer within {TRANSFER_RING_MS} ms"))
+                    }
+                };
+                let outcome = TransferDial {
+                    number: dialled,
+                    dialog,
+                    result,
+                    port,
+                };
+                outcomes.send(outcome).await.ok();
+            }
+            .in_current_span(),
+        );
+        Ok(format!("dialling {number}"))
+    }
+
+    /// The transfer's number answered (bridge the caller to it, the agent leaves) or not
+    /// (the caller is back with the agent).
+    pub(super) async fn on_transfer_dial(&mut self, d: TransferDial) {
+        self.control.dialling = None;
+        let answered =
+            matches!(&d.result, Ok(r) if r.status_code.kind() == rsip::StatusCodeKind::Successful);
+        if !matches!(self.phase, Phase::Connected { .. }) {
+            // A party hung up while the number rang: the call is over.
+            if answered {
+                self.remove_dialog(&d.dialog);
+                d.dialog.bye().await.ok();
+            }
+            self.control.states = None;
+            return;
+        }
+        let remote = match &d.result {
+            Ok(r) if answered => {
+                let body = String::from_utf8_lossy(&r.body).to_string();
+                carillon_media::sdp::parse(&body)
+                    .map_err(|e| e.to_string())
+                    .and_then(|sd| {
+                        carillon_media::sdp::remote_audio(&sd).map_err(|e| e.to_string())
+                    })
+            }
+            Ok(r) => Err(format!("answered {}", r.status_code)),
+            Err(e) => Err(e.clone()),
+        };
+        let (remote, codec) = match remote {
+            Ok(x) => x,
+            Err(why) => {
+                info!(number = %d.number, %why, "transfer to the number failed; the caller is back with the agent");
+                if answered {
+                    self.remove_dialog(&d.dialog);
+                    d.dialog.bye().await.ok();
+                }
+                self.control.states = None;
+                if !self.control.held {
+                    self.media.stop_playback();
+                }
+                metrics::counter!("carillon_transfers_failed_total", "to" => "number").increment(1);
+                return;
+            }
+        };
+        self.media
+            .bridge(MediaLeg::new(d.port, codec, Some(remote)));
+        self.end_api_hold();
+        if let Phase::Connected { dialog } = std::mem::replace(&mut self.phase, Phase::Ending) {
+            self.remove_dialog(&dialog);
+            tokio::spawn(async move { dialog.bye().await.ok() }.in_current_span());
+        }
+        self.agent_states = None;
+        self.agent_sdp = None;
+        self.control.external = Some(d.dialog);
+        let label = format!("number:{}", d.number);
+        info!(transfer = %label, "the number answered; caller bridged to it, agent released");
+        metrics::counter!("carillon_transfers_total", "to" => "number").increment(1);
+        self.control.transfer = Some(label);
+        let cmd = Command::Ended {
+            call: self.id.clone(),
+            by: Party::Agent,
+            at: now_ms(),
+        };
+        if let Err(e) = self.shared.routing.propose(cmd).await {
+            warn!(error = %e, "routing refused the end of the agent's part");
+            return;
+        }
+        // Take the record now, so the caller's dialog states stay unread for
+        // `follow_transfer`, which runs once the task's main loop sees the record.
+        let wait = Duration::from_millis(RECORD_WAIT_MS);
+        while self.record.is_none() {
+            match tokio::time::timeout(wait, self.events.recv()).await {
+                Ok(Some(Event::CallFinished(rec))) => self.record = Some(rec),
+                Ok(Some(other)) => debug!(event = ?other, "routing event"),
+                Ok(None) | Err(_) => {
+                    warn!("no terminal record arrived for the transferred call");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// After a transfer to a number: relays nothing (the media task bridges caller and
+    /// number), answers re-INVITEs, and hangs up one side when the other does.
+    pub(super) async fn follow_transfer(&mut self) {
+        let Some(external) = self.control.external.take() else {
+            return;
+        };
+        let Some(mut states) = self.control.states.take() else {
+            self.remove_dialog(&external);
+            external.bye().await.ok();
+            return;
+        };
+        let longest = tokio::time::sleep(Duration::from_millis(TRANSFERRED_CALL_MAX_MS));
+        tokio::pin!(longest);
+        loop {
+            tokio::select! {
+                st = self.caller_states.recv() => match st {
+                    Some(DialogState::Terminated(..)) | None => {
+                        info!("the caller hung up on the transferred call");
+                        self.remove_dialog(&external);
+                        external.bye().await.ok();
+                        break;
+                    }
+                    Some(st @ DialogState::Updated(..)) => self.on_caller_state(st).await,
+                    Some(_) => {}
+                },
+                st = states.recv() => match st {
+                    Some(DialogState::Terminated(..)) | None => {
+                        info!("the number hung up on the transferred call");
+                        self.remove_dialog(&external);
+                        self.caller_dialog.bye().await.ok();
+                        break;
+                    }
+                    Some(DialogState::Updated(_, req, handle)) => {
+                        let body = String::from_utf8_lossy(&req.body).to_string();
+                        let answer = self.control.sdp.as_mut().and_then(|s| s.on_reoffer(&body).ok());
+                        match answer {
+                            Some(r) if req.method == rsip::Method::Invite => {
+                                let ct = rsip::Header::ContentType("application/sdp".into());
+                                handle.respond(rsip::StatusCode::OK, Some(vec![ct]), Some(r.answer.into_bytes())).await.ok();
+                            }
+                            _ => {
+                                handle.respond(rsip::StatusCode::OK, None, None).await.ok();
+                            }
+                        }
+                    }
+                    Some(_) => {}
+                },
+                Some(c) = self.control_rx.recv() => match c {
+                    Control::Call(CallAction::Hangup { .. }, reply) => {
+                        self.remove_dialog(&external);
+                        let ext = external.clone();
+                        tokio::spawn(async move { ext.bye().await.ok() }.in_current_span());
+                        self.caller_dialog.bye().await.ok();
+                        self.control.ended_by = Some("api".into());
+                        reply.send(Ok("hung up".into())).ok();
+                        break;
+                    }
+                    Control::Call(_, reply) | Control::Supervise(_, reply) => {
+                        let why = format!("call {} was transferred to a number; only hang-up applies now", self.id);
+                        reply.send(Err(ControlError::Refused(why))).ok();
+                    }
+                },
+                _ = &mut longest => {
+                    warn!("the transferred call outlived its longest; hanging up both sides");
+                    self.remove_dialog(&external);
+                    external.bye().await.ok();
+                    self.caller_dialog.bye().await.ok();
+                    break;
+                }
+            }
+        }
+        if let Some(rec) = self.record.as_mut() {
+            rec.ended_at = now_ms();
+        }
     }
 }

@@ -241,6 +241,10 @@ impl Call {
             rtp_caller_to_agent: 0,
             rtp_agent_to_caller: 0,
             node: self.shared.node_id.clone(),
+            hold_ms: 0,
+            ended_by: None,
+            direction: "inbound".into(),
+            transfer: None,
         };
         metrics::counter!("carillon_ivr_ends_total", "disposition" => disposition.to_string(), "cause" => cause.to_string())
             .increment(1);

@@ -24,6 +24,7 @@ mod callback;
 pub mod control;
 pub mod hold;
 mod ivr_io;
+pub mod outbound;
 pub mod registry;
 pub mod supervise;
 
@@ -144,6 +145,8 @@ struct Call {
     /// Requests from the API ([`registry`]); the registration lasts as long as the task.
     control_rx: mpsc::Receiver<registry::Control>,
     _registration: registry::Registration,
+    /// What API call control did to the call ([`control`]).
+    control: control::ControlState,
 }
 
 impl Call {
@@ -183,6 +186,7 @@ impl Call {
             announce_end: None,
             control_rx,
             _registration: registration,
+            control: control::ControlState::new(),
         }
     }
 
@@ -246,6 +250,7 @@ impl Call {
                 Some(c) = self.control_rx.recv() => self.on_control(c).await,
                 _ = callback::sleep_until_opt(self.announce_next) => self.announce(),
                 _ = callback::sleep_until_opt(self.announce_end) => self.announcement_over(),
+                Some(d) = self.control.dials_rx.recv() => self.on_transfer_dial(d).await,
                 d = recv_dtmf(&mut self.dtmf) => match d {
                     Some(d) => self.on_digit(d.digit).await,
                     None => self.dtmf = None,
@@ -262,6 +267,7 @@ impl Call {
         if let Some(action) = self.exit_action() {
             self.take_exit(action).await;
         }
+        self.follow_transfer().await;
         crate::recording::finish(&self.shared, &self.media).await;
         self.store_record();
         self.finish_without_record();
@@ -653,7 +659,9 @@ impl Call {
                     }
                     Some(hold::Change::Resumed) => {
                         self.on_hold_change("agent", hold::Change::Resumed);
-                        self.media.stop_playback();
+                        if !self.control.held {
+                            self.media.stop_playback();
+                        }
                         let sent = self.media.counters().prompt_packets_out;
                         let base = self.agent_hold_prompt_base.take().unwrap_or(sent);
                         info!(
@@ -670,8 +678,9 @@ impl Call {
 
     /// Counts and logs a hold or resume by `side`, and keeps the hold time.
     fn on_hold_change(&mut self, side: &'static str, change: hold::Change) {
-        let held =
-            self.caller_sdp.is_held() || self.agent_sdp.as_ref().is_some_and(|s| s.is_held());
+        let held = self.caller_sdp.is_held()
+            || self.agent_sdp.as_ref().is_some_and(|s| s.is_held())
+            || self.control.held;
         self.hold_clock.update(held, now_ms());
         match change {
             hold::Change::Held => {
@@ -991,8 +1000,12 @@ impl Call {
             rtp_caller_to_agent: counters.caller_to_agent_packets,
             rtp_agent_to_caller: counters.agent_to_caller_packets,
             node: self.shared.node_id.clone(),
+            hold_ms: self.hold_clock.held_ms(now_ms()),
+            ended_by: self.control.ended_by.clone(),
+            direction: "inbound".into(),
+            transfer: self.control.transfer.clone(),
         };
-        let held_ms = self.hold_clock.held_ms(now_ms());
+        let held_ms = cdr.hold_ms;
         info!(disposition = %cdr.disposition, wait_ms = cdr.wait_ms, held_ms, "call record stored");
         if let Err(e) = self.shared.records.put_cdr(&cdr) {
             warn!(error = %e, "could not store the call record");

@@ -132,25 +132,28 @@ impl CallRegistry {
 mod tests {
     use super::*;
 
+    fn hangup() -> CallAction {
+        CallAction::Hangup {
+            by: carillon_routing::Party::System,
+        }
+    }
+
     #[tokio::test]
     async fn a_request_reaches_the_call_and_its_answer_comes_back() {
         let reg = CallRegistry::default();
         let (guard, mut rx) = reg.register("c1");
         let task = tokio::spawn(async move {
-            let Some(Control::Call(CallAction::Hangup, reply)) = rx.recv().await else {
+            let Some(Control::Call(CallAction::Hangup { .. }, reply)) = rx.recv().await else {
                 panic!("expected a hang-up request");
             };
             reply.send(Ok("hanging up".into())).ok();
         });
-        assert_eq!(
-            reg.call("c1", CallAction::Hangup).await,
-            Ok("hanging up".into())
-        );
+        assert_eq!(reg.call("c1", hangup()).await, Ok("hanging up".into()));
         task.await.expect("call task");
         drop(guard);
         assert!(!reg.contains("c1"));
         assert_eq!(
-            reg.call("c1", CallAction::Hangup).await,
+            reg.call("c1", hangup()).await,
             Err(ControlError::NoSuchCall("c1".into()))
         );
     }
@@ -161,7 +164,7 @@ mod tests {
         let (_guard, rx) = reg.register("c2");
         drop(rx);
         assert_eq!(
-            reg.call("c2", CallAction::Hangup).await,
+            reg.call("c2", hangup()).await,
             Err(ControlError::Ended("c2".into()))
         );
     }

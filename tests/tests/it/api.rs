@@ -247,21 +247,21 @@ fn api_roles_refusals_and_audit() {
         );
 
         // What the node cannot do yet says so.
-        let hangup = calls
-            .hangup(req(
+        let conference = calls
+            .conference(req(
                 ADMIN,
-                pb::CallRequest {
+                pb::ConsultedTransferRequest {
                     call: "c1".into(),
-                    agent: String::new(),
+                    ..Default::default()
                 },
             ))
             .await
-            .expect_err("hang-up is not implemented");
-        assert_eq!(hangup.code(), tonic::Code::Unimplemented);
+            .expect_err("conference is not implemented");
+        assert_eq!(conference.code(), tonic::Code::Unimplemented);
         assert!(
-            hangup.message().contains("call task"),
+            conference.message().contains("mixer"),
             "{}",
-            hangup.message()
+            conference.message()
         );
 
         // Server reflection lists every Carillon service (no token needed to discover).

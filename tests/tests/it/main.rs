@@ -8,6 +8,7 @@ mod abandon;
 mod agent_hangup;
 mod announce;
 mod api;
+mod call_control;
 mod calls_bulk;
 mod chaos;
 mod chaos_sim;
