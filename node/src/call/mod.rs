@@ -141,6 +141,8 @@ struct Call {
     /// Requests from the API ([`registry`]); the registration lasts as long as the task.
     control_rx: mpsc::Receiver<registry::Control>,
     _registration: registry::Registration,
+    /// A supervisor listening in, whispering or barged in ([`supervise`]).
+    supervisor: Option<supervise::Session>,
 }
 
 impl Call {
@@ -178,6 +180,7 @@ impl Call {
             agent_hold_prompt_base: None,
             control_rx,
             _registration: registration,
+            supervisor: None,
         }
     }
 
@@ -233,6 +236,7 @@ impl Call {
                 },
                 Some(leg) = self.legs_rx.recv() => self.on_leg(leg).await,
                 Some(c) = self.control_rx.recv() => self.on_control(c).await,
+                ev = supervise::next(&mut self.supervisor) => self.on_supervisor_event(ev).await,
                 d = recv_dtmf(&mut self.dtmf) => match d {
                     Some(d) => self.on_digit(d.digit).await,
                     None => self.dtmf = None,
@@ -246,6 +250,7 @@ impl Call {
                 }
             }
         }
+        self.end_supervision(true).await;
         if let Some(action) = self.exit_action() {
             self.take_exit(action).await;
         }
