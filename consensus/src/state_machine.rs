@@ -55,8 +55,9 @@ const SNAPSHOT: TableDefinition<&str, &[u8]> = TableDefinition::new("sm_snapshot
 const KEY_CURRENT: &str = "current";
 
 /// The snapshot encoding this build writes and reads; bump it when [`SnapshotBody`]
-/// changes shape (3: agents carry `located_at`).
-const SNAPSHOT_FORMAT: u32 = 3;
+/// changes shape (3: agents carry `located_at`; 4: the live blacklist, calls taken over
+/// by a supervisor).
+const SNAPSHOT_FORMAT: u32 = 4;
 
 /// One applied routing entry, as the node hears it on the events channel.
 #[derive(Clone, Debug, PartialEq, Eq)]

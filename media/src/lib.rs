@@ -12,17 +12,19 @@
 //!
 //! Beside the relay: G.711 transcoding between legs of different laws ([`codec`]), caller DTMF
 //! from RFC 4733 events ([`rfc4733`]) and in-band tones ([`dtmf`]), call recording as a tap off
-//! the relay ([`recording`]), batched socket I/O (recvmmsg/sendmmsg), and a benchmark of it all
-//! ([`bench`]).
+//! the relay ([`recording`]), batched socket I/O (recvmmsg/sendmmsg), a third leg for a
+//! supervisor (monitor, whisper, barge, take-over) mixed on a 20 ms clock ([`mix`]), and a
+//! benchmark of it all ([`bench`]).
 //!
 //! Left to others: SIP signalling and call state (node), SRTP, RTCP rewriting (RTCP is relayed
-//! untouched), jitter buffering, mixing for supervisors (later issues).
+//! untouched), jitter buffering beyond the mixer's three frames.
 
 pub mod bench;
 pub mod codec;
 pub mod dtmf;
 mod error;
 pub mod latch;
+pub mod mix;
 pub mod pool;
 pub mod prompt;
 pub mod recording;
@@ -38,6 +40,7 @@ pub mod wav;
 
 pub use codec::Codec;
 pub use error::MediaError;
+pub use mix::ThirdMode;
 pub use pool::{PortPool, RtpPort};
 pub use prompt::Prompt;
 pub use recording::{Recorder, Recording, RecordingMeta, RecordingTarget};

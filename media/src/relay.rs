@@ -25,6 +25,7 @@ use tokio::time::{Interval, MissedTickBehavior};
 use crate::codec::{self, Codec};
 use crate::dtmf::DtmfDetector;
 use crate::latch::Latch;
+use crate::mix::{Mixer, Party, ThirdMode};
 use crate::pool::RtpPort;
 use crate::prompt::{Prompt, FRAME_MS, FRAME_SAMPLES};
 use crate::recording::{self, RecordedFrame, FRAME_PAYLOAD_BYTES_MAX};
@@ -41,6 +42,9 @@ const DRAIN_BATCHES_MAX: usize = 4;
 /// The SSRC of the prompt player's internal stream; the rewriter maps it onto the caller's
 /// outgoing SSRC like any other source.
 const PROMPT_SSRC: u32 = 0x0C0F_FEE5;
+/// The SSRC of the mixer's internal streams (one per listener, each through its own
+/// rewriter).
+const MIX_SSRC: u32 = 0x0000_AD1C;
 
 /// What the node asks of a running call.
 #[derive(Debug)]
@@ -52,6 +56,12 @@ pub(crate) enum Command {
     Dtmf(mpsc::Sender<DtmfDigit>),
     StartRecording(RecordingTap),
     StopRecording,
+    /// A third leg (a supervisor) joins in `mode`; its digits go to the sender.
+    JoinThird(MediaLeg, ThirdMode, mpsc::Sender<DtmfDigit>),
+    SetThirdMode(ThirdMode),
+    DropThird,
+    /// The third leg replaces the agent leg (take-over); the old agent leg closes.
+    PromoteThird,
 }
 
 /// The relay's end of a recording: where frames go, and the count of those that could not.
@@ -76,6 +86,17 @@ struct DtmfTap {
 enum Side {
     Caller,
     Agent,
+    Third,
+}
+
+impl Side {
+    fn party(self) -> Party {
+        match self {
+            Side::Caller => Party::Caller,
+            Side::Agent => Party::Agent,
+            Side::Third => Party::Third,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -100,6 +121,10 @@ const SOURCES: [(u8, Side, Channel); 4] = [
 ];
 /// The prompt clock's bit in [`Event::Ready`].
 const TICK: u8 = 16;
+/// The third leg's RTP and RTCP sockets, and the mixer's clock.
+const THIRD_RTP: u8 = 32;
+const THIRD_RTCP: u8 = 64;
+const MIX_TICK: u8 = 128;
 
 struct Leg {
     rtp: UdpSocket,
@@ -135,9 +160,23 @@ struct Playback {
     clock: Interval,
 }
 
+/// A third leg and the mixing it needs.
+struct Third {
+    leg: Leg,
+    mode: ThirdMode,
+    to_third: StreamRewriter,
+    mixer: Box<Mixer>,
+    clock: Interval,
+    /// The mixer's own sequence and timestamp (the rewriters map them per listener).
+    sequence: u16,
+    timestamp: u32,
+    dtmf: DtmfTap,
+}
+
 struct Relay {
     caller: Leg,
     agent: Option<Leg>,
+    third: Option<Third>,
     to_caller: StreamRewriter,
     to_agent: StreamRewriter,
     playback: Option<Playback>,
@@ -173,6 +212,7 @@ pub(crate) async fn run(
     let mut relay = Relay {
         caller,
         agent: None,
+        third: None,
         to_caller: StreamRewriter::new(derive_ssrc(ssrc_seed, 0)),
         to_agent: StreamRewriter::new(derive_ssrc(ssrc_seed, 1)),
         playback: None,
@@ -218,8 +258,17 @@ impl Relay {
                             Channel::Rtcp => self.drain_rtcp(side),
                         }
                     }
+                    if ready & THIRD_RTP != 0 {
+                        self.drain_rtp(Side::Third);
+                    }
+                    if ready & THIRD_RTCP != 0 {
+                        self.drain_rtcp(Side::Third);
+                    }
                     if ready & TICK != 0 {
                         self.send_prompt_frame();
+                    }
+                    if ready & MIX_TICK != 0 {
+                        self.send_mixed_frames();
                     }
                 }
                 Event::Failed(side, channel, error) => {
@@ -247,6 +296,7 @@ impl Relay {
                     Some(agent) => agent,
                     None => continue,
                 },
+                Side::Third => continue,
             };
             let socket = match channel {
                 Channel::Rtp => &leg.rtp,
@@ -261,6 +311,20 @@ impl Relay {
         if let Some(playback) = self.playback.as_mut() {
             if playback.clock.poll_tick(cx).is_ready() {
                 ready |= TICK;
+            }
+        }
+        if let Some(third) = self.third.as_mut() {
+            for (bit, socket) in [(THIRD_RTP, &third.leg.rtp), (THIRD_RTCP, &third.leg.rtcp)] {
+                match socket.poll_recv_ready(cx) {
+                    Poll::Ready(Ok(())) => ready |= bit,
+                    Poll::Ready(Err(error)) => {
+                        return Poll::Ready(Event::Failed(Side::Third, Channel::Rtp, error))
+                    }
+                    Poll::Pending => {}
+                }
+            }
+            if third.clock.poll_tick(cx).is_ready() {
+                ready |= MIX_TICK;
             }
         }
         if ready == 0 {
@@ -294,18 +358,22 @@ impl Relay {
             Command::StartRecording(tap) => self.recording = Some(tap),
             // Dropping the sender lets the writer finish the file.
             Command::StopRecording => self.recording = None,
+            Command::JoinThird(leg, mode, digits) => self.join_third(leg, mode, digits),
+            Command::SetThirdMode(mode) => {
+                if let Some(third) = self.third.as_mut() {
+                    tracing::debug!(mode = mode.name(), "third leg mode");
+                    third.mode = mode;
+                }
+            }
+            Command::DropThird => {
+                if self.third.take().is_some() {
+                    tracing::debug!("third leg dropped");
+                }
+            }
+            Command::PromoteThird => self.promote_third(),
             Command::Bridge(leg) => {
                 let local = leg.local_addr();
-                self.transcode = (leg.codec != self.caller.codec).then(|| {
-                    tracing::debug!(
-                        caller = %self.caller.codec, agent = %leg.codec,
-                        "bridging legs with different codecs: transcoding"
-                    );
-                    Box::new([
-                        codec::transcode_table(self.caller.codec, leg.codec),
-                        codec::transcode_table(leg.codec, self.caller.codec),
-                    ])
-                });
+                self.set_transcode(leg.codec);
                 match Leg::open(leg) {
                     Ok(agent) => {
                         self.playback = None;
@@ -317,6 +385,121 @@ impl Relay {
                 }
             }
         }
+    }
+
+    fn set_transcode(&mut self, agent: Codec) {
+        self.transcode = (agent != self.caller.codec).then(|| {
+            tracing::debug!(
+                caller = %self.caller.codec, %agent,
+                "bridging legs with different codecs: transcoding"
+            );
+            Box::new([
+                codec::transcode_table(self.caller.codec, agent),
+                codec::transcode_table(agent, self.caller.codec),
+            ])
+        });
+    }
+
+    fn join_third(&mut self, leg: MediaLeg, mode: ThirdMode, digits: mpsc::Sender<DtmfDigit>) {
+        let local = leg.local_addr();
+        let leg = match Leg::open(leg) {
+            Ok(leg) => leg,
+            Err(error) => {
+                tracing::error!(%local, %error, "cannot open the third media leg");
+                return;
+            }
+        };
+        let mut clock = tokio::time::interval(Duration::from_millis(FRAME_MS));
+        clock.set_missed_tick_behavior(MissedTickBehavior::Skip);
+        let to_third = StreamRewriter::new(self.next_ssrc());
+        // A second join replaces the first third leg (its ports go back to the pool).
+        self.third = Some(Third {
+            leg,
+            mode,
+            to_third,
+            mixer: Box::new(Mixer::new()),
+            clock,
+            sequence: 0,
+            timestamp: 0,
+            dtmf: DtmfTap {
+                digits,
+                events: EventDetector::new(),
+                in_band: DtmfDetector::default(),
+                rfc4733_seen: false,
+            },
+        });
+        tracing::debug!(%local, mode = mode.name(), "third leg joined");
+    }
+
+    /// Take-over: the third leg becomes the agent leg, keeping the stream it was hearing.
+    fn promote_third(&mut self) {
+        let Some(third) = self.third.take() else {
+            tracing::debug!("no third leg to promote");
+            return;
+        };
+        self.set_transcode(third.leg.codec);
+        self.to_agent = third.to_third;
+        // The old agent leg's sockets close here and its port goes back to the pool.
+        self.agent = Some(third.leg);
+        tracing::debug!("third leg promoted to agent leg");
+    }
+
+    /// Whether `listener` (caller or agent) hears a mix instead of the fast path now.
+    fn is_mixed(&self, listener: Party) -> bool {
+        self.third
+            .as_ref()
+            .is_some_and(|t| t.mode.is_mixed(listener))
+    }
+
+    /// One 20 ms frame to every listener whose direction is mixed.
+    fn send_mixed_frames(&mut self) {
+        let Some(third) = self.third.as_mut() else {
+            return;
+        };
+        third.mixer.tick();
+        let now = Instant::now();
+        let mode = third.mode;
+        let len = HEADER_LEN + FRAME_SAMPLES;
+        for listener in Party::ALL {
+            if !mode.is_mixed(listener) {
+                continue;
+            }
+            let (leg, rewriter) = match listener {
+                // Hold music (an agent's hold, a consultation) has the caller's ear.
+                Party::Caller if self.playback.is_some() => continue,
+                Party::Caller => (&self.caller, &mut self.to_caller),
+                Party::Agent => match self.agent.as_ref() {
+                    Some(agent) => (agent, &mut self.to_agent),
+                    None => continue,
+                },
+                Party::Third => (&third.leg, &mut third.to_third),
+            };
+            let Some(target) = leg.latch.target() else {
+                continue;
+            };
+            let packet = &mut self.buf[..len];
+            let mut payload = [0u8; FRAME_SAMPLES];
+            third
+                .mixer
+                .mix_into(mode.hears(listener), leg.codec, &mut payload);
+            RtpHeader {
+                marker: false,
+                payload_type: leg.codec.payload_type(),
+                sequence: third.sequence,
+                timestamp: third.timestamp,
+                ssrc: MIX_SSRC,
+            }
+            .write(packet);
+            packet[HEADER_LEN..].copy_from_slice(&payload);
+            if rewriter.rewrite(packet, now) {
+                match leg.rtp.try_send_to(packet, target) {
+                    Ok(_) => bump(&self.counters.mixed_packets_out),
+                    Err(_) => bump(&self.counters.send_errors),
+                }
+            }
+        }
+        third.sequence = third.sequence.wrapping_add(1);
+        third.timestamp = third.timestamp.wrapping_add(FRAME_SAMPLES as u32);
     }
 
     fn next_ssrc(&mut self) -> u32 {
@@ -368,6 +551,7 @@ impl Relay {
         match side {
             Side::Caller => Some(&self.caller),
             Side::Agent => self.agent.as_ref(),
+            Side::Third => self.third.as_ref().map(|t| &t.leg),
         }
     }
 
@@ -380,6 +564,8 @@ impl Relay {
         let (to, counter) = match from {
             Side::Caller => (self.agent.as_ref(), &self.counters.caller_to_agent_packets),
             Side::Agent => (Some(&self.caller), &self.counters.agent_to_caller_packets),
+            // The third leg's audio only ever reaches others through the mixer.
+            Side::Third => return,
         };
         let Some((to, target)) = to.and_then(|to| to.latch.target().map(|t| (to, t))) else {
             return;
@@ -401,6 +587,10 @@ impl Relay {
                     Some(agent) => agent,
                     None => return,
                 },
+                Side::Third => match &self.third {
+                    Some(third) => &third.leg,
+                    None => return,
+                },
             };
             match leg.rtcp.try_recv_from(&mut self.buf[..]) {
                 Ok((len, source)) => self.on_rtcp(side, len, source),
@@ -420,7 +610,18 @@ impl Relay {
             bump(&self.counters.invalid_packets_dropped);
             return false;
         };
+        if side == Side::Third {
+            self.on_third_rtp(&header, &packet[payload], source, now);
+            return false;
+        }
+        // With a third leg, every party's audio feeds the mixer, and a direction that is
+        // mixed is not relayed packet by packet.
+        let mixed_out = match side {
+            Side::Caller => self.is_mixed(Party::Agent),
+            _ => self.is_mixed(Party::Caller),
+        };
         let (from, to, rewriter, counter_in, table) = match side {
+            Side::Third => return false,
             Side::Caller => (
                 &mut self.caller,
                 // While a prompt plays (hold), the caller's audio does not reach the agent
@@ -456,10 +657,15 @@ impl Relay {
         bump(counter_in);
         let is_audio = header.payload_type == from.codec.payload_type();
         let is_event = from.telephone_event == Some(header.payload_type);
+        if let Some(third) = self.third.as_mut().filter(|_| is_audio) {
+            third
+                .mixer
+                .push(side.party(), from.codec, &packet[payload.clone()]);
+        }
         if let Some(tap) = self.recording.as_ref().filter(|_| is_audio) {
             let channel = match side {
                 Side::Caller => recording::Channel::Caller,
-                Side::Agent => recording::Channel::Agent,
+                Side::Agent | Side::Third => recording::Channel::Agent,
             };
             record(
                 tap,
@@ -483,7 +689,7 @@ impl Relay {
                 );
             }
         }
-        let Some(to) = to else {
+        let Some(to) = to.filter(|_| !mixed_out) else {
             return false;
         };
         if is_audio {
@@ -501,6 +707,40 @@ impl Relay {
         rewriter.rewrite(packet, now)
     }
 
+    /// Audio and keys from the third leg: into the mixer and the third's DTMF detectors.
+    fn on_third_rtp(
+        &mut self,
+        header: &RtpHeader,
+        payload: &[u8],
+        source: SocketAddr,
+        now: Instant,
+    ) {
+        let Some(third) = self.third.as_mut() else {
+            return;
+        };
+        if !third.leg.latch.accept(source, now) {
+            bump(&self.counters.foreign_packets_dropped);
+            return;
+        }
+        bump(&self.counters.third_packets_in);
+        let codec = third.leg.codec;
+        let is_audio = header.payload_type == codec.payload_type();
+        let is_event = third.leg.telephone_event == Some(header.payload_type);
+        if is_audio {
+            third.mixer.push(Party::Third, codec, payload);
+        }
+        if is_audio || is_event {
+            detect_dtmf(
+                &mut third.dtmf,
+                codec,
+                is_event,
+                header,
+                payload,
+                &self.counters,
+            );
+        }
+    }
+
     fn on_rtcp(&mut self, side: Side, len: usize, source: SocketAddr) {
         let packet = &self.buf[..len];
         if len > PACKET_BYTES_MAX || !rtp::looks_like_rtcp(packet) {
@@ -513,6 +753,9 @@ impl Relay {
                 Some(agent) => (agent, Some(&self.caller)),
                 None => return,
             },
+            // The third leg's reports describe the mix, which nobody else sends: read and
+            // dropped.
+            Side::Third => return,
         };
         // RTCP is not latched on its own: it must come from the host the leg's RTP comes from.
         if from.latch.target().is_some_and(|t| t.ip() != source.ip()) {

@@ -4,8 +4,10 @@
 //! Call order: [`PortPool::allocate`](crate::PortPool::allocate) for the caller, then
 //! [`CallMedia::start`] (inside a tokio runtime), then any number of [`CallMedia::play_loop`],
 //! [`CallMedia::bridge`], [`CallMedia::stop_playback`], [`CallMedia::take_dtmf`] (once),
-//! [`CallMedia::start_recording`] and [`CallMedia::stop_recording`], then [`CallMedia::stop`]
-//! or drop. Ports go back to the pool when the task ends.
+//! [`CallMedia::start_recording`] and [`CallMedia::stop_recording`], and with a supervisor
+//! [`CallMedia::try_join_third`], [`CallMedia::try_set_third_mode`],
+//! [`CallMedia::try_drop_third`] and [`CallMedia::try_promote_third`], then
+//! [`CallMedia::stop`] or drop. Ports go back to the pool when the task ends.
 
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
@@ -17,6 +19,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::codec::Codec;
+use crate::mix::ThirdMode;
 use crate::pool::RtpPort;
 use crate::prompt::Prompt;
 use crate::recording::{RecordingMeta, RecordingTarget, FRAME_QUEUE_DEPTH_MAX};
@@ -114,6 +117,10 @@ pub struct RelayCounters {
     pub dtmf_digits: u64,
     /// Digits dropped because the node did not read them.
     pub dtmf_digits_dropped: u64,
+    /// Valid RTP accepted from the third leg (a supervisor).
+    pub third_packets_in: u64,
+    /// Mixed frames sent (to any leg) while a third leg was on the call.
+    pub mixed_packets_out: u64,
 }
 
 /// The counters as the media task updates them.
@@ -131,6 +138,8 @@ pub(crate) struct SharedCounters {
     pub(crate) recording_frames_dropped: AtomicU64,
     pub(crate) dtmf_digits: AtomicU64,
     pub(crate) dtmf_digits_dropped: AtomicU64,
+    pub(crate) third_packets_in: AtomicU64,
+    pub(crate) mixed_packets_out: AtomicU64,
 }
 
 impl SharedCounters {
@@ -149,6 +158,8 @@ impl SharedCounters {
             recording_frames_dropped: get(&self.recording_frames_dropped),
             dtmf_digits: get(&self.dtmf_digits),
             dtmf_digits_dropped: get(&self.dtmf_digits_dropped),
+            third_packets_in: get(&self.third_packets_in),
+            mixed_packets_out: get(&self.mixed_packets_out),
         }
     }
 }
@@ -285,6 +296,38 @@ impl CallMedia {
         // If the task has ended its tap is gone already and the writer finishes by itself.
         let _ = self.send(Command::StopRecording);
         handle.await.ok()
+    }
+
+    /// Adds a third leg (a supervisor's phone) in `mode`; see [`ThirdMode`] for who hears
+    /// whom. Directions that need mixing are mixed on a 20 ms clock; the others stay on the
+    /// packet fast path. Joining again replaces the third leg. Returns the third leg's keys
+    /// (RFC 4733 events, and in-band tones until the first event), at most
+    /// [`DTMF_QUEUE_DEPTH_MAX`] unread. On error the leg (and its ports) is dropped.
+    pub fn try_join_third(
+        &self,
+        leg: MediaLeg,
+        mode: ThirdMode,
+    ) -> Result<mpsc::Receiver<DtmfDigit>, MediaError> {
+        let (sender, receiver) = mpsc::channel(DTMF_QUEUE_DEPTH_MAX);
+        self.send(Command::JoinThird(leg, mode, sender))?;
+        Ok(receiver)
+    }
+
+    /// Switches the third leg's mode; a no-op without a third leg.
+    pub fn try_set_third_mode(&self, mode: ThirdMode) -> Result<(), MediaError> {
+        self.send(Command::SetThirdMode(mode))
+    }
+
+    /// Removes the third leg and frees its ports; caller and agent go on as before.
+    pub fn try_drop_third(&self) -> Result<(), MediaError> {
+        self.send(Command::DropThird)
+    }
+
+    /// Take-over: the third leg replaces the agent leg (whose ports are freed) and the call
+    /// goes on between caller and third on the fast path. The outgoing stream to the third
+    /// leg continues unbroken.
+    pub fn try_promote_third(&self) -> Result<(), MediaError> {
+        self.send(Command::PromoteThird)
     }
 
     /// A snapshot of the packet counters.

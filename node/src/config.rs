@@ -46,6 +46,13 @@ pub struct Config {
     pub trunks: Vec<TrunkConfig>,
     #[serde(default)]
     pub agents: Vec<AgentGroup>,
+    /// Supervisors' phones: they register like agents but take no calls from queues; they
+    /// listen in, whisper, barge and take over ([`crate::call::supervise`]).
+    #[serde(default)]
+    pub supervisors: Vec<SupervisorAccount>,
+    /// The feature codes a supervisor's phone dials to join a call.
+    #[serde(default)]
+    pub supervision: SupervisionSection,
     #[serde(default)]
     pub queues: Vec<QueueSection>,
     #[serde(default)]
@@ -596,6 +603,54 @@ impl Cidr {
     }
 }
 
+/// A supervisor's phone account (`[[supervisors]]`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SupervisorAccount {
+    pub id: String,
+    pub password: String,
+}
+
+/// `[supervision]`: what a supervisor's phone dials, followed by the agent's id, to join
+/// the call that agent is on.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SupervisionSection {
+    #[serde(default = "default_monitor_code")]
+    pub monitor_code: String,
+    #[serde(default = "default_whisper_code")]
+    pub whisper_code: String,
+    #[serde(default = "default_barge_code")]
+    pub barge_code: String,
+    /// How long the node rings a supervisor's phone for an API request.
+    #[serde(default = "default_supervisor_ring")]
+    pub ring_timeout_s: f64,
+}
+
+impl Default for SupervisionSection {
+    fn default() -> Self {
+        SupervisionSection {
+            monitor_code: default_monitor_code(),
+            whisper_code: default_whisper_code(),
+            barge_code: default_barge_code(),
+            ring_timeout_s: default_supervisor_ring(),
+        }
+    }
+}
+
+fn default_monitor_code() -> String {
+    "*81".into()
+}
+fn default_whisper_code() -> String {
+    "*82".into()
+}
+fn default_barge_code() -> String {
+    "*83".into()
+}
+fn default_supervisor_ring() -> f64 {
+    30.0
+}
+
 /// A configured agent with a resolved password.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AgentAccount {
@@ -652,6 +707,22 @@ impl Config {
             .collect()
     }
 
+    /// Whether `id` is a supervisor's account.
+    pub fn is_supervisor(&self, id: &str) -> bool {
+        self.supervisors.iter().any(|s| s.id == id)
+    }
+
+    /// Every account whose phone may register: the agents, then the supervisors.
+    pub fn phone_accounts(&self) -> Vec<AgentAccount> {
+        let mut out = self.agent_accounts();
+        out.extend(self.supervisors.iter().map(|s| AgentAccount {
+            id: s.id.clone(),
+            password: s.password.clone(),
+            skills: Vec::new(),
+        }));
+        out
+    }
+
     /// Every configured agent (validated at load, so ranges are well formed).
     pub fn agent_accounts(&self) -> Vec<AgentAccount> {
         let mut out = Vec::new();
@@ -676,6 +747,78 @@ impl Config {
             }
         }
         out
+    }
+
+    fn validate_supervisors(
+        &self,
+        agents: &BTreeSet<String>,
+        bad: &dyn Fn(String, String) -> ConfigError,
+    ) -> Result<(), ConfigError> {
+        let mut ids = BTreeSet::new();
+        for (i, s) in self.supervisors.iter().enumerate() {
+            let user_ok = !s.id.is_empty()
+                && s.id.len() <= 64
+                && s.id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+            if !user_ok {
+                return Err(bad(
+                    format!("supervisors[{i}].id"),
+                    "must be 1-64 letters, digits, `-`, `_` or `.`".into(),
+                ));
+            }
+            if s.password.is_empty() {
+                return Err(bad(
+                    format!("supervisors[{i}].password"),
+                    "must not be empty".into(),
+                ));
+            }
+            if agents.contains(&s.id) {
+                return Err(bad(
+                    format!("supervisors[{i}].id"),
+                    format!("`{}` is also an agent; a phone is one or the other", s.id),
+                ));
+            }
+            if !ids.insert(s.id.clone()) {
+                return Err(bad(
+                    format!("supervisors[{i}].id"),
+                    format!("supervisor `{}` is defined twice", s.id),
+                ));
+            }
+        }
+        let sup = &self.supervision;
+        let codes = [
+            ("supervision.monitor_code", &sup.monitor_code),
+            ("supervision.whisper_code", &sup.whisper_code),
+            ("supervision.barge_code", &sup.barge_code),
+        ];
+        for (key, code) in codes {
+            let ok = (1..=8).contains(&code.len())
+                && code
+                    .chars()
+                    .all(|c| c.is_ascii_digit() || c == '*' || c == '#');
+            if !ok {
+                return Err(bad(
+                    key.into(),
+                    format!("`{code}` must be 1-8 of the keys 0-9, `*` and `#`"),
+                ));
+            }
+            for (other_key, other) in codes {
+                if other_key != key && (other.starts_with(code.as_str())) {
+                    return Err(bad(
+                        key.into(),
+                        format!("`{code}` is a prefix of {other_key} `{other}`; codes must differ"),
+                    ));
+                }
+            }
+        }
+        if !(1.0..=300.0).contains(&sup.ring_timeout_s) {
+            return Err(bad(
+                "supervision.ring_timeout_s".into(),
+                "must be between 1 and 300 seconds".into(),
+            ));
+        }
+        Ok(())
     }
 
     fn validate(&self, origin: &str) -> Result<(), ConfigError> {
@@ -763,6 +906,7 @@ impl Config {
                 }
             }
         }
+        self.validate_supervisors(&agents, &bad)?;
         let mut queues = BTreeMap::new();
         for (i, q) in self.queues.iter().enumerate() {
             if q.name.is_empty() {
@@ -1813,5 +1957,30 @@ max_length_s = 60
         assert!(all.contains("8.8.8.8".parse().expect("ip")));
         let v6 = Cidr::parse("::1/128").expect("cidr");
         assert!(v6.contains("::1".parse().expect("ip")));
+    }
+
+    #[test]
+    fn supervisors_register_but_are_not_agents_and_codes_are_checked() {
+        let c = load(&format!(
+            "{GOOD}\n[[supervisors]]\nid = \"9001\"\npassword = \"sup\"\n[supervision]\nbarge_code = \"*89\""
+        ))
+        .expect("a supervisor");
+        assert!(c.is_supervisor("9001") && !c.is_supervisor("1001"));
+        assert_eq!(c.agent_accounts().len(), 4);
+        assert_eq!(c.phone_accounts().len(), 5);
+        assert_eq!(c.supervision.monitor_code, "*81");
+        assert_eq!(c.supervision.barge_code, "*89");
+        let err = |extra: &str| {
+            load(&format!("{GOOD}\n{extra}"))
+                .expect_err(extra)
+                .to_string()
+        };
+        assert!(
+            err("[[supervisors]]\nid = \"1001\"\npassword = \"x\"").contains("supervisors[0].id")
+        );
+        assert!(err("[[supervisors]]\nid = \"9001\"\npassword = \"\"")
+            .contains("supervisors[0].password"));
+        assert!(err("[supervision]\nwhisper_code = \"*8\"").contains("supervision.whisper_code"));
+        assert!(err("[supervision]\nmonitor_code = \"*8a\"").contains("supervision.monitor_code"));
     }
 }

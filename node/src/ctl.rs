@@ -203,6 +203,12 @@ pub enum CtlCmd {
         #[command(subcommand)]
         action: BlacklistCmd,
     },
+    /// Join a supervisor's registered phone to a live call, or switch its mode
+    /// (supervisor tokens).
+    Supervise {
+        #[command(subcommand)]
+        mode: SuperviseCmd,
+    },
 }
 
 #[derive(clap::Subcommand)]
@@ -271,6 +277,30 @@ pub enum BlacklistCmd {
     Add { caller: String },
     /// Let calls from CALLER in again (also one from the config's [blacklist]).
     Remove { caller: String },
+}
+
+/// What the supervisor does on the call.
+#[derive(clap::Subcommand)]
+pub enum SuperviseCmd {
+    /// Hear caller and agent; nobody hears the supervisor.
+    Monitor(SuperviseArgs),
+    /// Only the agent hears the supervisor.
+    Whisper(SuperviseArgs),
+    /// Everyone hears everyone.
+    Barge(SuperviseArgs),
+    /// The agent is hung up; the supervisor carries on with the caller.
+    TakeOver(SuperviseArgs),
+}
+
+#[derive(clap::Args)]
+pub struct SuperviseArgs {
+    /// The call id (`carillon ctl status` lists live calls).
+    #[arg(long)]
+    pub call: String,
+    /// The supervisor's account id (`[[supervisors]]`); its phone is rung unless it is on
+    /// the call already.
+    #[arg(long)]
+    pub supervisor: String,
 }
 
 #[derive(clap::Subcommand)]
@@ -470,6 +500,7 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
     };
     match args.what {
         CtlCmd::Status => status(&t).await,
+        CtlCmd::Supervise { mode } => supervise(&t, mode).await,
         CtlCmd::Cdr {
             action: CdrCmd::List { json, limit },
         } => cdr_list(&t, json, limit).await,
@@ -816,6 +847,47 @@ fn explain(status: tonic::Status) -> anyhow::Error {
 
 fn print_json(v: &impl serde::Serialize) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+/// `ctl supervise MODE --call ID --supervisor ID`: prints the outcome.
+pub async fn supervise(t: &Target, mode: SuperviseCmd) -> anyhow::Result<()> {
+    let mut client = t.connect().await?.supervisor();
+    let (args, reply) = match mode {
+        SuperviseCmd::Monitor(a) => {
+            let req = pb::SuperviseRequest {
+                call: a.call.clone(),
+                supervisor_phone: a.supervisor.clone(),
+            };
+            (a, client.monitor(req).await)
+        }
+        SuperviseCmd::Whisper(a) => {
+            let req = pb::SuperviseRequest {
+                call: a.call.clone(),
+                supervisor_phone: a.supervisor.clone(),
+            };
+            (a, client.whisper(req).await)
+        }
+        SuperviseCmd::Barge(a) => {
+            let req = pb::SuperviseRequest {
+                call: a.call.clone(),
+                supervisor_phone: a.supervisor.clone(),
+            };
+            (a, client.barge(req).await)
+        }
+        SuperviseCmd::TakeOver(a) => {
+            let req = pb::SuperviseRequest {
+                call: a.call.clone(),
+                supervisor_phone: a.supervisor.clone(),
+            };
+            (a, client.take_over(req).await)
+        }
+    };
+    let reply = reply.map_err(explain)?.into_inner();
+    println!(
+        "call {}: supervisor {} {}",
+        reply.call, args.supervisor, reply.outcome
+    );
     Ok(())
 }
 

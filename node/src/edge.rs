@@ -177,7 +177,9 @@ async fn register(shared: &Shared, tx: &mut Transaction) {
             contact,
             first,
         } => {
-            if first {
+            if first && shared.config.is_supervisor(&agent) {
+                info!(supervisor = %agent, %contact, "supervisor registered");
+            } else if first {
                 info!(%agent, %contact, "agent registered");
                 let skills = shared
                     .registrar()
@@ -221,6 +223,10 @@ async fn register(shared: &Shared, tx: &mut Transaction) {
 }
 
 pub async fn logout(shared: &Shared, agent: &str, now: u64) {
+    // A supervisor's phone was never an ACD agent.
+    if shared.config.is_supervisor(agent) {
+        return;
+    }
     // In a cluster the phone may since have registered at another node; that node owns
     // the agent now, and a lapse here must not log it out there.
     if shared.routing.cluster().is_some() {
@@ -291,6 +297,12 @@ async fn invite(shared: Arc<Shared>, mut tx: Transaction) {
     };
     if let Some(peer) = shared.routing.cluster().and_then(|c| c.peer_by_sip(source)) {
         crate::peer_leg::run(shared, tx, peer).await;
+        return;
+    }
+    // A supervisor's phone dialling a feature code (`*81<agent>`): before the trunk
+    // checks, since phones and trunks may share an address.
+    if let Some(code) = crate::call::supervise::feature_code(&shared, &tx.original) {
+        crate::call::supervise::feature_call(shared, tx, code).await;
         return;
     }
     let trunk = shared

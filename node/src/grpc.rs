@@ -37,6 +37,7 @@ use tracing::{info, warn};
 use crate::call::control::CallAction;
 use crate::call::outbound::OutboundError;
 use crate::call::registry::ControlError;
+use crate::call::supervise::Mode;
 use crate::clock::now_ms;
 use crate::node::Shared;
 use crate::routing_log::ProposeError;
@@ -778,8 +779,52 @@ impl pb::call_service_server::CallService for Api {
     }
 }
 
-const NO_SUPERVISOR_LEG: &str = "it needs a supervisor leg in the call task and audio \
-     mixing in carillon-media, which the node does not have yet";
+impl Api {
+    /// Monitor, whisper, barge or take over: supervisor or admin tokens. Rings the
+    /// supervisor's registered phone and joins it, or switches the mode of the supervisor
+    /// already on the call. Every outcome is audited.
+    async fn supervise(
+        &self,
+        req: Request<pb::SuperviseRequest>,
+        action: &'static str,
+        mode: Mode,
+    ) -> Result<Response<pb::CallReply>, Status> {
+        let r = req.get_ref().clone();
+        check_text("call", &r.call, true)?;
+        check_text("supervisor_phone", &r.supervisor_phone, true)?;
+        let ctx = self.authorize(&req, action, Role::Supervisor, &r.call)?;
+        let result = crate::call::supervise::request(
+            self.shared.clone(),
+            &r.call,
+            &r.supervisor_phone,
+            mode,
+        )
+        .await;
+        match result {
+            Ok(outcome) => {
+                let detail = format!("supervisor {}: {outcome}", r.supervisor_phone);
+                self.audit(&ctx, &r.call, "ok", &detail);
+                Ok(Response::new(pb::CallReply {
+                    call: r.call,
+                    outcome,
+                }))
+            }
+            Err(e) => {
+                self.audit(&ctx, &r.call, "failed", &e.to_string());
+                Err(match e {
+                    ControlError::NoSuchCall(_) | ControlError::NotFound(_) => {
+                        Status::not_found(e.to_string())
+                    }
+                    ControlError::Busy(..) => Status::resource_exhausted(e.to_string()),
+                    ControlError::Timeout(..) => Status::deadline_exceeded(e.to_string()),
+                    ControlError::Ended(_) | ControlError::Refused(_) => {
+                        Status::failed_precondition(e.to_string())
+                    }
+                })
+            }
+        }
+    }
+}
 
 #[tonic::async_trait]
 impl pb::supervisor_service_server::SupervisorService for Api {
@@ -847,52 +892,32 @@ impl pb::supervisor_service_server::SupervisorService for Api {
         &self,
         req: Request<pb::SuperviseRequest>,
     ) -> Result<Response<pb::CallReply>, Status> {
-        let call = req.get_ref().call.clone();
-        let ctx = self.authorize(&req, "SupervisorService.Monitor", Role::Supervisor, &call)?;
-        Err(self.unimplemented(
-            &ctx,
-            &call,
-            &format!("monitoring is not implemented: {NO_SUPERVISOR_LEG}"),
-        ))
+        self.supervise(req, "SupervisorService.Monitor", Mode::Monitor)
+            .await
     }
 
     async fn whisper(
         &self,
         req: Request<pb::SuperviseRequest>,
     ) -> Result<Response<pb::CallReply>, Status> {
-        let call = req.get_ref().call.clone();
-        let ctx = self.authorize(&req, "SupervisorService.Whisper", Role::Supervisor, &call)?;
-        Err(self.unimplemented(
-            &ctx,
-            &call,
-            &format!("whisper is not implemented: {NO_SUPERVISOR_LEG}"),
-        ))
+        self.supervise(req, "SupervisorService.Whisper", Mode::Whisper)
+            .await
     }
 
     async fn barge(
         &self,
         req: Request<pb::SuperviseRequest>,
     ) -> Result<Response<pb::CallReply>, Status> {
-        let call = req.get_ref().call.clone();
-        let ctx = self.authorize(&req, "SupervisorService.Barge", Role::Supervisor, &call)?;
-        Err(self.unimplemented(
-            &ctx,
-            &call,
-            &format!("barge-in is not implemented: {NO_SUPERVISOR_LEG}"),
-        ))
+        self.supervise(req, "SupervisorService.Barge", Mode::Barge)
+            .await
     }
 
     async fn take_over(
         &self,
         req: Request<pb::SuperviseRequest>,
     ) -> Result<Response<pb::CallReply>, Status> {
-        let call = req.get_ref().call.clone();
-        let ctx = self.authorize(&req, "SupervisorService.TakeOver", Role::Supervisor, &call)?;
-        Err(self.unimplemented(
-            &ctx,
-            &call,
-            &format!("take-over is not implemented: {NO_SUPERVISOR_LEG}"),
-        ))
+        self.supervise(req, "SupervisorService.TakeOver", Mode::TakeOver)
+            .await
     }
 }
 

@@ -228,7 +228,7 @@ impl Node {
         };
         let registrar = Registrar::new(
             &config.sip.realm,
-            config.agent_accounts(),
+            config.phone_accounts(),
             secret_seed(),
             config.sip.registration_expires_max_s,
         );

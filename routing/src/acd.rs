@@ -188,6 +188,9 @@ impl Acd {
             Command::Connected { call, agent, .. } => {
                 self.connected(&call, &agent, now, &mut events)?
             }
+            Command::TakenOver {
+                call, supervisor, ..
+            } => self.taken_over(&call, supervisor, now, &mut events)?,
             Command::OfferFailed {
                 call,
                 agent,
@@ -494,6 +497,8 @@ impl Acd {
                         .map(|a| (a, AgentState::Reserved { call: id.clone() }))
                         .collect()
                 }
+                // Taken over: no agent holds the call any more.
+                CallState::Connected { .. } if call.taken_over_by.is_some() => continue,
                 CallState::Connected { agent, .. } => {
                     vec![(agent, AgentState::OnCall { call: id.clone() })]
                 }
@@ -515,7 +520,9 @@ impl Acd {
                     .get(call_id)
                     .is_some_and(|call| match &call.state {
                         CallState::Offered { agents, .. } => agents.contains(id),
-                        CallState::Connected { agent: a, .. } => a == id,
+                        CallState::Connected { agent: a, .. } => {
+                            a == id && call.taken_over_by.is_none()
+                        }
                         CallState::Waiting => false,
                     });
                 if !points_back {
@@ -836,6 +843,7 @@ impl Acd {
                 moves: 0,
                 preferred,
                 callback: None,
+                taken_over_by: None,
             },
         );
         self.totals.entered += 1;
@@ -1131,6 +1139,11 @@ impl Acd {
         };
         let (agent, queue) = (agent.clone(), call.queue.clone());
         let talk_ms = now.saturating_sub(*answered_at);
+        if call.taken_over_by.is_some() {
+            // The agent was released (and their talk time counted) at the take-over.
+            self.finish(call_id, Ending::Answered { by }, now, events);
+            return Ok(());
+        }
         if let Some(a) = self.roster.get_mut(&agent) {
             a.talk_ms = a.talk_ms.saturating_add(talk_ms);
         }
@@ -1140,6 +1153,35 @@ impl Acd {
         }
         self.after_call(&agent, &queue, now, events);
         self.finish(call_id, Ending::Answered { by }, now, events);
+        Ok(())
+    }
+
+    fn taken_over(
+        &mut self,
+        call_id: &str,
+        supervisor: String,
+        now: Millis,
+        events: &mut Vec<Event>,
+    ) -> Result<(), RoutingError> {
+        let call = self.call(call_id)?;
+        let (CallState::Connected { agent, answered_at }, None) =
+            (&call.state, &call.taken_over_by)
+        else {
+            return Err(RoutingError::CallInvalidState {
+                call: call_id.to_owned(),
+                state: call.state.name(),
+                action: "be taken over (only a connected call, once)",
+            });
+        };
+        let (agent, queue) = (agent.clone(), call.queue.clone());
+        let talk_ms = now.saturating_sub(*answered_at);
+        if let Some(a) = self.roster.get_mut(&agent) {
+            a.talk_ms = a.talk_ms.saturating_add(talk_ms);
+        }
+        if let Some(call) = self.calls.get_mut(call_id) {
+            call.taken_over_by = Some(supervisor);
+        }
+        self.after_call(&agent, &queue, now, events);
         Ok(())
     }
 
@@ -1161,6 +1203,7 @@ impl Acd {
             return;
         };
         let (state, queue, key) = (call.state.clone(), call.queue.clone(), call.key());
+        let taken_over = call.taken_over_by.is_some();
         match state {
             CallState::Waiting => {
                 if let Some(line) = self.queues.get_mut(&queue) {
@@ -1172,6 +1215,7 @@ impl Acd {
                     self.revoke_to_ready(call_id, &agent, RevokeReason::CallerGone, now, events);
                 }
             }
+            CallState::Connected { .. } if taken_over => {}
             CallState::Connected { agent, .. } => self.after_call(&agent, &queue, now, events),
         }
         self.finish(call_id, Ending::Lost { cause }, now, events);
@@ -1492,6 +1536,7 @@ impl Acd {
                 moves: 0,
                 preferred: None,
                 callback: None,
+                taken_over_by: None,
             },
         );
         self.totals.entered += 1;

@@ -2308,3 +2308,48 @@ fn postcard_snapshot_round_trip() {
     assert_eq!(back, acd);
     assert_eq!(back.state_hash(), acd.state_hash());
 }
+
+#[test]
+fn a_take_over_frees_the_agent_while_the_call_goes_on_and_its_record_says_who() {
+    let mut acd = acd();
+    login(&mut acd, "a1", &["support"], 0);
+    enqueue(&mut acd, "c1", "support", 10);
+    connect(&mut acd, "c1", "a1", 20);
+    let take = |at| Command::TakenOver {
+        call: "c1".into(),
+        supervisor: "9001".into(),
+        at,
+    };
+    ok(&mut acd, take(1_000));
+    // The agent is in wrap-up as after any call; the call is still live.
+    assert!(matches!(
+        acd.agent_state("a1"),
+        Some(AgentState::WrapUp { .. })
+    ));
+    assert_eq!(acd.call_owner("c1"), Some(1));
+    assert!(acd.apply(take(1_100)).is_err(), "only once");
+    // Once free, the agent takes the next call while the first goes on.
+    tick(&mut acd, 1_600);
+    assert_eq!(acd.agent_state("a1"), Some(&AgentState::Ready));
+    let events = enqueue(&mut acd, "c2", "support", 1_700);
+    assert_eq!(offers(&events), vec![("c2", "a1")]);
+    connect(&mut acd, "c2", "a1", 1_800);
+    let events = end(&mut acd, "c1", 5_000);
+    let record = records(&events)[0];
+    assert_eq!(record.disposition, Disposition::Answered);
+    assert_eq!(record.agent.as_deref(), Some("a1"));
+    assert_eq!(record.cause.as_deref(), Some("taken-over-by:9001"));
+    // Ending the taken-over call did not touch the agent's new call.
+    assert_eq!(
+        acd.agent_state("a1"),
+        Some(&AgentState::OnCall { call: "c2".into() })
+    );
+    // A call not connected cannot be taken over.
+    enqueue(&mut acd, "c3", "support", 6_000);
+    let refused = acd.apply(Command::TakenOver {
+        call: "c3".into(),
+        supervisor: "9001".into(),
+        at: 6_001,
+    });
+    assert!(refused.is_err());
+}

@@ -65,6 +65,9 @@ pub(crate) struct Call {
     /// priority becomes `then_priority` (VIP) if higher.
     pub(crate) preferred: Option<Preferred>,
     pub(crate) callback: Option<Callback>,
+    /// The supervisor who took the call over from its agent.
+    #[serde(default)]
+    pub(crate) taken_over_by: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -125,7 +128,13 @@ impl Call {
         };
         let wait_end = answered_at.unwrap_or(now);
         let (disposition, hangup_by, cause, position_at_end) = match ending {
-            Ending::Answered { by } => (Disposition::Answered, by, None, None),
+            Ending::Answered { by } => {
+                let cause = self
+                    .taken_over_by
+                    .as_ref()
+                    .map(|s| format!("taken-over-by:{s}"));
+                (Disposition::Answered, by, cause, None)
+            }
             Ending::Abandoned { position } => {
                 (Disposition::Abandoned, Party::Caller, None, position)
             }
@@ -199,6 +208,7 @@ impl Canon for Call {
             moves,
             preferred,
             callback,
+            taken_over_by,
         } = self;
         queue.canon(h);
         caller.canon(h);
@@ -218,6 +228,7 @@ impl Canon for Call {
         moves.canon(h);
         preferred.canon(h);
         callback.canon(h);
+        taken_over_by.canon(h);
     }
 }
 

@@ -77,6 +77,15 @@ pub enum Command {
         agent: String,
         at: Millis,
     },
+    /// A supervisor took the connected call over: the agent leaves it (wrap-up, or a
+    /// pending log-out or state, as after any call) and the call goes on with
+    /// `supervisor`, who is not an ACD agent. The record keeps the agent and gets the
+    /// cause `taken-over-by:<supervisor>`. Only a connected call not yet taken over.
+    TakenOver {
+        call: String,
+        supervisor: String,
+        at: Millis,
+    },
     /// The offer failed: the call goes back to the HEAD of its queue (keeps arrival order
     /// position), the agent goes not-ready with reason "no-answer" (NoAnswer) /
     /// "rejected" / "unreachable".
@@ -302,6 +311,7 @@ impl Command {
             | Command::SetBlacklist { at, .. }
             | Command::Abandon { at, .. }
             | Command::Connected { at, .. }
+            | Command::TakenOver { at, .. }
             | Command::OfferFailed { at, .. }
             | Command::Ended { at, .. }
             | Command::Lost { at, .. }

@@ -147,6 +147,8 @@ struct Call {
     _registration: registry::Registration,
     /// What API call control did to the call ([`control`]).
     control: control::ControlState,
+    /// A supervisor listening in, whispering or barged in ([`supervise`]).
+    supervisor: Option<supervise::Session>,
 }
 
 impl Call {
@@ -187,6 +189,7 @@ impl Call {
             control_rx,
             _registration: registration,
             control: control::ControlState::new(),
+            supervisor: None,
         }
     }
 
@@ -251,6 +254,7 @@ impl Call {
                 _ = callback::sleep_until_opt(self.announce_next) => self.announce(),
                 _ = callback::sleep_until_opt(self.announce_end) => self.announcement_over(),
                 Some(d) = self.control.dials_rx.recv() => self.on_transfer_dial(d).await,
+                ev = supervise::next(&mut self.supervisor) => self.on_supervisor_event(ev).await,
                 d = recv_dtmf(&mut self.dtmf) => match d {
                     Some(d) => self.on_digit(d.digit).await,
                     None => self.dtmf = None,
@@ -264,6 +268,7 @@ impl Call {
                 }
             }
         }
+        self.end_supervision(true).await;
         if let Some(action) = self.exit_action() {
             self.take_exit(action).await;
         }

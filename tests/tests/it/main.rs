@@ -27,3 +27,4 @@ mod register_auth;
 mod register_tcp;
 mod ring_timeout;
 mod routing_rules;
+mod supervisor;

@@ -133,6 +133,12 @@ impl NodeSpec {
         self
     }
 
+    /// Sets a top-level `key` (an array of tables such as `supervisors`, say) outright.
+    pub fn insert(&mut self, key: &str, value: impl Into<Toml>) -> &mut Self {
+        self.table.insert(key.to_string(), value.into());
+        self
+    }
+
     /// Sets `key` on every `[[queues]]` entry.
     pub fn set_queues(&mut self, key: &str, value: impl Into<Toml>) -> &mut Self {
         let value = value.into();
