@@ -219,6 +219,22 @@ impl Cluster {
         }
     }
 
+    /// The other members whose Raft layer answered this node, as leader, within `within`
+    /// (an acknowledged append or heartbeat); empty unless this node leads.
+    pub fn heard_within(&self, within: Duration) -> Vec<NodeId> {
+        let heard = self.inner.raft.metrics().borrow_watched().heartbeat.clone();
+        let Some(heard) = heard else {
+            return Vec::new();
+        };
+        // Raft's own clock (its instants are its runtime's), read through its trait.
+        use carillon_consensus::openraft::Instant as _;
+        heard
+            .iter()
+            .filter(|(id, _)| **id != self.inner.id)
+            .filter_map(|(id, at)| (at.as_ref()?.elapsed() <= within).then_some(*id))
+            .collect()
+    }
+
     pub fn is_leader(&self) -> bool {
         self.leader() == Some(self.inner.id)
     }

@@ -26,6 +26,9 @@ use tokio::sync::mpsc;
 const TICK_MS: u64 = 100;
 /// How often lapsed registrations are swept.
 const EXPIRY_SWEEP_MS: u64 = 1_000;
+/// A member the leader's Raft layer heard from this recently has its lease renewed by
+/// the leader (`LeasesHeard`); Raft heartbeats go every 100 ms by default.
+const LEASE_HEARD_WITHIN_MS: u64 = 1_500;
 /// How often a cluster member renews its liveness lease (the lease itself lasts
 /// `cluster.lease_ms`, 3 s by default).
 const LEASE_RENEW_MS: u64 = 1_000;
@@ -453,6 +456,25 @@ async fn cluster_upkeep(shared: Arc<Shared>) {
                 warn!(error = %e, "could not renew this node's lease");
             }
         });
+        // The leader vouches for the members its Raft layer hears from: a member busy with
+        // calls answers appends even while its own lease proposals wait behind its calls.
+        let heard = shared
+            .routing
+            .cluster()
+            .map(|c| c.heard_within(Duration::from_millis(LEASE_HEARD_WITHIN_MS)))
+            .unwrap_or_default();
+        if !heard.is_empty() {
+            let routing = shared.routing.clone();
+            let cmd = Command::LeasesHeard {
+                nodes: heard,
+                at: now_ms(),
+            };
+            tokio::spawn(async move {
+                if let Err(e) = routing.propose(cmd).await {
+                    warn!(error = %e, "could not renew the leases of the members heard");
+                }
+            });
+        }
     }
 }
 

@@ -203,6 +203,7 @@ impl Acd {
             Command::NodeLease { node, site, .. } => {
                 self.node_lease(node, site, now, &mut events)?
             }
+            Command::LeasesHeard { nodes, .. } => self.leases_heard(&nodes, now)?,
             Command::NodeStarted {
                 node,
                 site,
@@ -1596,6 +1597,21 @@ impl Acd {
             },
         );
         events.push(Event::NodeUp { node });
+        Ok(())
+    }
+
+    fn leases_heard(&mut self, nodes: &[NodeId], now: Millis) -> Result<(), RoutingError> {
+        if nodes.len() > self.limits.nodes_max {
+            return Err(RoutingError::LimitReached {
+                what: "the number of nodes (nodes_max)",
+                max: self.limits.nodes_max,
+            });
+        }
+        for node in nodes {
+            if let Some(status) = self.nodes.get_mut(node).filter(|s| s.up) {
+                status.last_lease_at = status.last_lease_at.max(now);
+            }
+        }
         Ok(())
     }
 

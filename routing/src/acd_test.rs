@@ -1269,6 +1269,40 @@ fn a_gap_in_ticking_renews_every_live_lease() {
 }
 
 #[test]
+fn leases_heard_by_the_leader_keep_a_busy_node_up_but_do_not_revive_a_down_one() {
+    let mut acd = acd();
+    lease(&mut acd, 1, "hq", 0);
+    lease(&mut acd, 2, "hq", 0);
+    lease(&mut acd, 3, "branch", 0);
+    // Node 2's own leases are stuck behind its calls; the leader hears its Raft acks.
+    for at in (1_000..=6_000).step_by(1_000) {
+        lease(&mut acd, 1, "hq", at);
+        ok(&mut acd, Command::LeasesHeard { nodes: vec![2], at });
+        let events = tick(&mut acd, at);
+        if at == 4_000 {
+            assert_eq!(events, [Event::NodeDown { node: 3 }], "at {at}");
+        } else {
+            assert!(events.is_empty(), "at {at}: {events:?}");
+        }
+    }
+    assert!(acd.nodes()[1].1.up, "node 2 kept up");
+    assert_eq!(acd.nodes()[1].1.last_lease_at, 6_000);
+    // Heard again, node 3 stays down until it leases itself.
+    ok(
+        &mut acd,
+        Command::LeasesHeard {
+            nodes: vec![2, 3],
+            at: 6_500,
+        },
+    );
+    assert!(!acd.nodes()[2].1.up, "a down node needs its own lease");
+    assert_eq!(
+        lease(&mut acd, 3, "branch", 6_600),
+        [Event::NodeUp { node: 3 }]
+    );
+}
+
+#[test]
 fn configure_cluster_sets_the_lease_length() {
     let mut acd = acd();
     assert_eq!(acd.lease_ms(), LEASE_MS_DEFAULT);

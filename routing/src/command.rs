@@ -117,6 +117,13 @@ pub enum Command {
         site: String,
         at: Millis,
     },
+    /// The leader's Raft layer heard from each of `nodes` within the last second (an
+    /// acknowledged append or heartbeat): each one that is up has its lease renewed at
+    /// `at`, as if it had proposed `NodeLease`. A member busy with calls keeps answering
+    /// Raft while its own lease proposals may queue behind its calls; this keeps such a
+    /// node from being declared down. A node already down is not brought back: that takes
+    /// its own lease. At most `nodes_max` nodes.
+    LeasesHeard { nodes: Vec<NodeId>, at: Millis },
     /// `node`'s process started at `started_at` (the first lease of each run). Whatever an
     /// earlier run of it held is gone with that process: its calls that arrived before
     /// `started_at` are closed as lost (`node-restarted: n<id>`), agents they held are
@@ -296,6 +303,7 @@ impl Command {
             | Command::AgentReady { at, .. }
             | Command::AgentNotReady { at, .. }
             | Command::NodeLease { at, .. }
+            | Command::LeasesHeard { at, .. }
             | Command::NodeStarted { at, .. }
             | Command::ConfigureCluster { at, .. }
             | Command::ConfigureRouting { at, .. }
