@@ -251,11 +251,7 @@ impl Leg {
                 .ok();
             return;
         }
-        let body = String::from_utf8_lossy(&response.body).to_string();
-        let remote = sdp::parse(&body)
-            .map_err(|e| e.to_string())
-            .and_then(|sd| sdp::remote_audio(&sd).map_err(|e| e.to_string()));
-        let (phone_addr, phone_codec) = match remote {
+        let (phone_addr, phone_codec) = match crate::call::answer_audio(&response) {
             Ok(x) => x,
             Err(e) => {
                 warn!(error = %e, "agent phone answered with unusable SDP");

@@ -304,14 +304,7 @@ impl Call {
             return;
         }
         let remote = match &outcome.result {
-            Ok(r) if answered => {
-                let body = String::from_utf8_lossy(&r.body).to_string();
-                carillon_media::sdp::parse(&body)
-                    .map_err(|e| e.to_string())
-                    .and_then(|sd| {
-                        carillon_media::sdp::remote_audio(&sd).map_err(|e| e.to_string())
-                    })
-            }
+            Ok(r) if answered => super::answer_audio(r),
             Ok(r) => Err(format!("answered {}", r.status_code)),
             Err(e) => Err(e.clone()),
         };

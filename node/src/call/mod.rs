@@ -491,11 +491,7 @@ impl Call {
                 return;
             }
         };
-        let body = String::from_utf8_lossy(&response.body).to_string();
-        let remote = carillon_media::sdp::parse(&body)
-            .map_err(|e| e.to_string())
-            .and_then(|sd| carillon_media::sdp::remote_audio(&sd).map_err(|e| e.to_string()));
-        let (remote_addr, codec) = match remote {
+        let (remote_addr, codec) = match answer_audio(&response) {
             Ok((addr, codec)) => (addr, codec),
             Err(e) => {
                 warn!(agent = %leg.agent, error = %e, "agent answered with unusable SDP");
@@ -1107,6 +1103,14 @@ pub fn agent_invite(
 pub const CALL_HEADER: &str = "X-Carillon-Call";
 
 /// `options` with [`CALL_HEADER`] set to `call`.
+/// The audio address and codec of an answer's SDP body; why not, in words.
+pub fn answer_audio(response: &rsip::Response) -> Result<(std::net::SocketAddr, Codec), String> {
+    let body = String::from_utf8_lossy(&response.body);
+    carillon_media::sdp::parse(&body)
+        .map_err(|e| e.to_string())
+        .and_then(|sd| carillon_media::sdp::remote_audio(&sd).map_err(|e| e.to_string()))
+}
+
 pub fn with_call_header(mut options: InviteOption, call: &str) -> InviteOption {
     options
         .headers

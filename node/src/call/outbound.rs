@@ -284,11 +284,7 @@ impl Outbound {
         if !answered {
             return Err(format!("answered {}", response.status_code));
         }
-        let body = String::from_utf8_lossy(&response.body).to_string();
-        let remote = carillon_media::sdp::parse(&body)
-            .map_err(|e| e.to_string())
-            .and_then(|sd| carillon_media::sdp::remote_audio(&sd).map_err(|e| e.to_string()));
-        let remote = match remote {
+        let remote = match super::answer_audio(&response) {
             Ok(r) => r,
             Err(e) => {
                 self.shared.sip.dialogs.remove_dialog(&dialog.id());

@@ -49,18 +49,6 @@ fn spec() -> NodeSpec {
     spec
 }
 
-/// The node's gRPC address, from the config the harness wrote.
-fn grpc_addr(node: &Node) -> SocketAddr {
-    let text = std::fs::read_to_string(node.dir().join("node.toml"))
-        .unwrap_or_else(|e| panic!("reading the node's config: {e}"));
-    let t: Table = toml::from_str(&text).unwrap_or_else(|e| panic!("node.toml: {e}"));
-    t.get("grpc")
-        .and_then(|g| g.get("listen"))
-        .and_then(Toml::as_str)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("node.toml has no [grpc] listen"))
-}
-
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -112,7 +100,7 @@ fn register_agents(node: &Node, ids: std::ops::RangeInclusive<u32>) -> crate::ha
 fn api_roles_refusals_and_audit() {
     let node = Node::start(spec());
     let _phones = register_agents(&node, 1001..=1002);
-    let addr = grpc_addr(&node);
+    let addr = node.grpc_addr();
     runtime().block_on(async {
         let ch = channel(addr).await;
         let mut agents = pb::agent_service_client::AgentServiceClient::new(ch.clone());
@@ -421,7 +409,7 @@ fn json(text: &str) -> serde_json::Value {
 fn ctl_end_to_end() {
     let node = Node::start(spec());
     let _phones = register_agents(&node, 1001..=1001);
-    let addr = grpc_addr(&node);
+    let addr = node.grpc_addr();
 
     let status = json(&ctl_ok(addr, ADMIN, &["status"]));
     assert_eq!(status["agents_registered"], 1, "{status}");
@@ -742,7 +730,7 @@ fn api_over_tls() {
         certs.path().join("n1.key").display().to_string(),
     );
     let node = Node::start(spec);
-    let addr = grpc_addr(&node);
+    let addr = node.grpc_addr();
     let ca = certs.path().join("ca.pem").display().to_string();
     let status = json(&ctl_ok(
         addr,

@@ -6,7 +6,6 @@
 // tonic's results carry `Status` by value; these tests wait on processes in wall-clock time.
 #![allow(clippy::result_large_err, clippy::disallowed_methods)]
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use carillon_ops::api::v1 as pb;
@@ -56,17 +55,6 @@ fn spec(gateway_port: u16) -> NodeSpec {
     spec
 }
 
-fn grpc_addr(node: &Node) -> SocketAddr {
-    let text = std::fs::read_to_string(node.dir().join("node.toml"))
-        .unwrap_or_else(|e| panic!("reading the node's config: {e}"));
-    let t: Table = toml::from_str(&text).unwrap_or_else(|e| panic!("node.toml: {e}"));
-    t.get("grpc")
-        .and_then(|g| g.get("listen"))
-        .and_then(Toml::as_str)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("node.toml has no [grpc] listen"))
-}
-
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -82,7 +70,7 @@ struct Api {
 }
 
 async fn api(node: &Node) -> Api {
-    let addr = grpc_addr(node);
+    let addr = node.grpc_addr();
     let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
         .unwrap_or_else(|e| panic!("endpoint: {e}"))
         .timeout(Duration::from_millis(CALL_TIMEOUT_MS))
@@ -182,22 +170,6 @@ fn wait_ready(node: &Node, n: u64) {
     node.wait_until(&format!("{n} agents ready"), Duration::from_secs(10), |x| {
         x.agents_in("ready") == n
     });
-}
-
-/// The node's log without ANSI colours.
-fn node_log(node: &Node) -> String {
-    let raw = std::fs::read_to_string(node.dir().join("node.log")).unwrap_or_default();
-    let mut out = String::with_capacity(raw.len());
-    let mut in_escape = false;
-    for c in raw.chars() {
-        match (in_escape, c) {
-            (false, '\u{1b}') => in_escape = true,
-            (false, c) => out.push(c),
-            (true, c) if c.is_ascii_alphabetic() => in_escape = false,
-            (true, _) => {}
-        }
-    }
-    out
 }
 
 fn logged_u64(log: &str, key: &str) -> Option<u64> {
@@ -310,7 +282,7 @@ fn api_hold_plays_music_and_counts_hold_time() {
     let phone = agent_on_phone(&node, 1001, "agent_uas.xml", &["-m", "1"]);
     wait_ready(&node, 1);
     let caller = caller(&node, "5551102");
-    let addr = grpc_addr(&node);
+    let addr = node.grpc_addr();
     let call = runtime().block_on(async {
         let mut api = api(&node).await;
         wait_agent(&mut api, "1001", "on_call").await
@@ -344,7 +316,7 @@ fn api_hold_plays_music_and_counts_hold_time() {
         "hold_ms {hold_ms}: {cdr}"
     );
     assert_eq!(cdr_str(cdr, "hangup_by"), "system", "CDR: {cdr}");
-    let music = logged_u64(&node_log(&node), "hold_music_packets")
+    let music = logged_u64(&node.log_plain(), "hold_music_packets")
         .unwrap_or_else(|| panic!("no hold music count in the log:\n{}", node.log_tail()));
     assert!(
         music >= HOLD_MUSIC_PACKETS_MIN,
@@ -479,7 +451,7 @@ fn click_to_dial_rings_the_agent_then_the_number() {
         .args(["-m", "1"])
         .trace_messages()
         .spawn();
-    let addr = grpc_addr(&node);
+    let addr = node.grpc_addr();
     // Another agent may not dial as 1001.
     let (ok, _, err) = ctl(addr, Some(AGENT_1002), &["call", "dial", "1001", "5550123"]);
     assert!(!ok && err.contains("PermissionDenied"), "{err}");
@@ -570,7 +542,7 @@ fn pickup_takes_a_call_ringing_another_agent() {
 #[test]
 fn blacklist_changes_live_through_ctl() {
     let node = Node::start(spec(free_port()));
-    let addr = grpc_addr(&node);
+    let addr = node.grpc_addr();
     // Supervisors read it, only admins change it.
     let (ok, _, err) = ctl(addr, Some(SUPERVISOR), &["blacklist", "add", "5550666"]);
     assert!(!ok && err.contains("PermissionDenied"), "{err}");

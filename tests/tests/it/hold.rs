@@ -41,23 +41,6 @@ fn wait_ready(node: &Node) {
     });
 }
 
-/// The node's log without its ANSI colours.
-fn node_log(node: &Node) -> String {
-    let raw = std::fs::read_to_string(node.dir().join("node.log")).unwrap_or_default();
-    let mut out = String::with_capacity(raw.len());
-    let mut in_escape = false;
-    for c in raw.chars() {
-        match (in_escape, c) {
-            (false, '\u{1b}') => in_escape = true,
-            (false, c) => out.push(c),
-            // An escape sequence ends with its first letter.
-            (true, c) if c.is_ascii_alphabetic() => in_escape = false,
-            (true, _) => {}
-        }
-    }
-    out
-}
-
 /// The value of `key=` on the first log line that has it.
 fn logged_u64(log: &str, key: &str) -> Option<u64> {
     let at = log.find(&format!("{key}="))? + key.len() + 1;
@@ -114,7 +97,7 @@ fn agent_holds_and_resumes() {
     assert_eq!(cdr_str(cdr, "disposition"), "answered", "CDR: {cdr}");
     assert_eq!(cdr_str(cdr, "hangup_by"), "agent", "CDR: {cdr}");
     assert!(cdr_u64(cdr, "rtp_agent_to_caller") > 0, "CDR: {cdr}");
-    let log = node_log(&node);
+    let log = node.log_plain();
     let music = logged_u64(&log, "hold_music_packets")
         .unwrap_or_else(|| panic!("no hold music count in the log:\n{}", node.log_tail()));
     assert!(
@@ -146,7 +129,7 @@ fn caller_holds_and_resumes() {
     assert_eq!(cdr_str(cdr, "disposition"), "answered", "CDR: {cdr}");
     assert_eq!(cdr_str(cdr, "hangup_by"), "caller", "CDR: {cdr}");
     assert!(cdr_u64(cdr, "rtp_caller_to_agent") > 0, "CDR: {cdr}");
-    let log = node_log(&node);
+    let log = node.log_plain();
     let held = logged_u64(&log, "held_ms").unwrap_or(0);
     assert!(held >= 1000, "held {held} ms; log:\n{}", node.log_tail());
     assert_eq!(holds_total(&node, "caller"), 1);
@@ -182,7 +165,7 @@ fn cluster_agent_holds_across_nodes() {
         cdrs[0]
     );
     // n2 relayed the hold to n1, which played the music to the caller.
-    let music = logged_u64(&node_log(n1), "hold_music_packets")
+    let music = logged_u64(&n1.log_plain(), "hold_music_packets")
         .unwrap_or_else(|| panic!("no hold music count in n1's log:\n{}", n1.log_tail()));
     assert!(
         music >= HOLD_MUSIC_PACKETS_MIN,

@@ -172,29 +172,9 @@ fn caller(node: &Node, scenario: &str, number: &str) -> crate::harness::SippOutc
         .run(Duration::from_secs(30))
 }
 
-/// The node's log without its ANSI colours.
-fn node_log(node: &Node) -> String {
-    let raw = std::fs::read_to_string(node.dir().join("node.log")).unwrap_or_default();
-    let mut out = String::with_capacity(raw.len());
-    let mut chars = raw.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            // CSI: ESC [ parameters, ended by a letter.
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
 /// The call was queued in `queue` at `priority` (the call task logs it).
 fn assert_queued(node: &Node, queue: &str, priority: u32) {
-    let log = node_log(node);
+    let log = node.log_plain();
     let line = log
         .lines()
         .find(|l| l.contains("call queued"))
@@ -334,24 +314,12 @@ fn invalid_key_is_retried_then_a_silent_caller_is_hung_up_on() {
     let cdr = &cdrs[0];
     assert_eq!(cdr_str(cdr, "disposition"), "ivr", "CDR: {cdr}");
     assert_eq!(cdr_str(cdr, "cause"), "hangup", "CDR: {cdr}");
-    let log = node_log(&node);
+    let log = node.log_plain();
     assert!(
         !log.contains("call queued"),
         "the call never queued:\n{}",
         node.log_tail()
     );
-}
-
-/// The gRPC address the harness gave the node.
-fn grpc_addr(node: &Node) -> std::net::SocketAddr {
-    let text = std::fs::read_to_string(node.dir().join("node.toml"))
-        .unwrap_or_else(|e| panic!("reading the node's config: {e}"));
-    let t: toml::Table = toml::from_str(&text).unwrap_or_else(|e| panic!("node.toml: {e}"));
-    t.get("grpc")
-        .and_then(|g| g.get("listen"))
-        .and_then(toml::Value::as_str)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("node.toml has no [grpc] listen"))
 }
 
 #[test]
@@ -373,7 +341,7 @@ fn a_flow_changed_live_routes_the_next_call() {
     spec.set("grpc", "listen", "127.0.0.1:9090")
         .set("grpc", "tokens", toml::Value::Table(tokens));
     let node = Node::start(spec);
-    let addr = grpc_addr(&node);
+    let addr = node.grpc_addr();
     let ctl = |token: &str, args: &[&str]| crate::harness::ctl(addr, Some(token), args);
     let listed = |out: &str| -> serde_json::Value {
         serde_json::from_str(out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))

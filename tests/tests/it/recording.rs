@@ -11,7 +11,7 @@
 #![allow(clippy::disallowed_methods)]
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -57,18 +57,6 @@ fn grant_tokens(spec: &mut NodeSpec) {
     tokens.insert(SUPERVISOR.into(), grant("supervisor", None));
     tokens.insert(AGENT_1001.into(), grant("agent", Some("1001")));
     spec.set("grpc", "tokens", Toml::Table(tokens));
-}
-
-/// The node's gRPC address, from the config the harness wrote.
-fn grpc_addr(node: &Node) -> SocketAddr {
-    let text = std::fs::read_to_string(node.dir().join("node.toml"))
-        .unwrap_or_else(|e| panic!("reading the node's config: {e}"));
-    let t: Table = toml::from_str(&text).unwrap_or_else(|e| panic!("node.toml: {e}"));
-    t.get("grpc")
-        .and_then(|g| g.get("listen"))
-        .and_then(Toml::as_str)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("node.toml has no [grpc] listen"))
 }
 
 /// Panics with the fix when sox is not installed.
@@ -125,7 +113,7 @@ fn call(node: &Node, number: &str, talk_ms: u64, label: &str) {
 fn search(node: &Node, token: &str, args: &[&str]) -> Value {
     let mut all = vec!["recordings", "search", "--json"];
     all.extend_from_slice(args);
-    let (ok, out, err) = ctl(grpc_addr(node), Some(token), &all);
+    let (ok, out, err) = ctl(node.grpc_addr(), Some(token), &all);
     assert!(ok, "ctl {all:?} failed: {err}\n{out}");
     serde_json::from_str(&out).unwrap_or_else(|e| panic!("ctl {all:?}: not JSON ({e}): {out}"))
 }
@@ -361,7 +349,7 @@ fn recording_caller_left_agent_right_and_found_by_search() {
 
     // Agents may not search recordings, and the refusal is audited.
     let (ok, _, err) = ctl(
-        grpc_addr(&node),
+        node.grpc_addr(),
         Some(AGENT_1001),
         &["recordings", "search", "--agent", "1001"],
     );
@@ -380,7 +368,7 @@ fn recording_caller_left_agent_right_and_found_by_search() {
     );
     // A bad time names the problem.
     let (ok, _, err) = ctl(
-        grpc_addr(&node),
+        node.grpc_addr(),
         Some(SUPERVISOR),
         &["recordings", "search", "--from", "yesterday"],
     );

@@ -9,8 +9,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use toml::{Table, Value as Toml};
-
 use crate::harness::{
     cdr_str, cdr_u64, free_port, ready_agent_1001, spec_from_text, workspace_dir, Node, NodeSpec,
     Sipp,
@@ -197,18 +195,6 @@ fn utc_date(days: i64) -> String {
     format!("{year:04}-{month:02}-{day:02}")
 }
 
-/// The node's gRPC address, from the config the harness wrote.
-fn grpc_addr(node: &Node) -> String {
-    let text = std::fs::read_to_string(node.dir().join("node.toml"))
-        .unwrap_or_else(|e| panic!("reading the node's config: {e}"));
-    let t: Table = toml::from_str(&text).unwrap_or_else(|e| panic!("node.toml: {e}"));
-    t.get("grpc")
-        .and_then(|g| g.get("listen"))
-        .and_then(Toml::as_str)
-        .unwrap_or_else(|| panic!("node.toml has no grpc.listen"))
-        .to_string()
-}
-
 fn carillon_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("CARILLON_BIN") {
         return PathBuf::from(p);
@@ -277,7 +263,13 @@ max_length_s = 30
 
     let (ok, out, err) = {
         let out = Command::new(carillon_bin())
-            .args(["ctl", "--node", &grpc_addr(&node), "--token", SUPERVISOR])
+            .args([
+                "ctl",
+                "--node",
+                &node.grpc_addr().to_string(),
+                "--token",
+                SUPERVISOR,
+            ])
             .args(["voicemail", "list", "--queue", "support", "--json"])
             .env_remove("CARILLON_TOKEN")
             .output()

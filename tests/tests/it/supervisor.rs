@@ -483,16 +483,6 @@ fn get_metrics(node: &Node) -> String {
     text
 }
 
-fn grpc_addr(node: &Node) -> SocketAddr {
-    let text = std::fs::read_to_string(node.dir().join("node.toml")).expect("node.toml");
-    let t: Table = toml::from_str(&text).expect("node.toml parses");
-    t.get("grpc")
-        .and_then(|g| g.get("listen"))
-        .and_then(Toml::as_str)
-        .and_then(|s| s.parse().ok())
-        .expect("[grpc] listen")
-}
-
 /// Caller on the line with agent 1001, both sending their tones; the supervisor's UA
 /// registered. Returns (caller, agent, supervisor).
 fn connected_call(node: &Node) -> (Ua, Ua, Ua) {
@@ -594,7 +584,7 @@ fn api_rings_the_supervisor_switches_mode_and_refuses_agents() {
     let (caller, agent, supervisor) = connected_call(&node);
     let call = agent.call_header.lock().expect("lock").clone();
     assert!(!call.is_empty(), "the agent's INVITE named the call");
-    let api = grpc_addr(&node);
+    let api = node.grpc_addr();
     let args = |mode: &str| {
         vec![
             "supervise".to_string(),

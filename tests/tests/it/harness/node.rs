@@ -362,6 +362,38 @@ impl Node {
         self.cdrs()
     }
 
+    /// The gRPC address from the config the harness wrote.
+    pub fn grpc_addr(&self) -> SocketAddr {
+        let text = fs::read_to_string(self.dir().join("node.toml"))
+            .unwrap_or_else(|e| panic!("reading the node's config: {e}"));
+        let t: Table = toml::from_str(&text).unwrap_or_else(|e| panic!("node.toml: {e}"));
+        t.get("grpc")
+            .and_then(|g| g.get("listen"))
+            .and_then(Toml::as_str)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("node.toml has no [grpc] listen"))
+    }
+
+    /// The node's whole log without its ANSI colours.
+    pub fn log_plain(&self) -> String {
+        let raw = fs::read_to_string(&self.log).unwrap_or_default();
+        let mut out = String::with_capacity(raw.len());
+        let mut chars = raw.chars();
+        while let Some(c) = chars.next() {
+            if c == '\u{1b}' {
+                // CSI: ESC [ parameters, ended by a letter.
+                for c in chars.by_ref() {
+                    if c.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            } else {
+                out.push(c);
+            }
+        }
+        out
+    }
+
     /// The last lines of the node's log, for assertion messages.
     pub fn log_tail(&self) -> String {
         let text = fs::read_to_string(&self.log).unwrap_or_default();
