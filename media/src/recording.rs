@@ -20,9 +20,10 @@
 //! [`RecordingTarget`], then [`CallMedia::stop_recording`](crate::CallMedia::stop_recording),
 //! which returns the [`RecordingMeta`] for the node to index.
 //!
-//! The writer task writes with blocking `std::fs` calls, about one 32 KB write and one header
-//! rewrite per second per call: page-cache writes that take microseconds. A node whose recording
-//! disk can stall for long should put it on a runtime of its own.
+//! The writer task keeps the timeline on the async runtime and does its file work (create, one
+//! 32 KB write and a header rewrite per second, the last write) on tokio's blocking pool: a
+//! file create on a busy file system, or a write throttled by the kernel's dirty-page limit,
+//! can take milliseconds, and must never hold up the runtime's workers and so every call.
 
 use std::fs::File;
 use std::io::{Seek, SeekFrom, Write};
@@ -111,6 +112,8 @@ pub struct RecordingMeta {
     pub frames_dropped: u64,
     /// True if the disk limit stopped this recording early.
     pub paused: bool,
+    /// Why the file could not be created, if it could not: nothing was recorded.
+    pub error: Option<String>,
 }
 
 /// A snapshot of the recorder's state, for metrics.
@@ -234,8 +237,18 @@ impl Recorder {
         false
     }
 
-    /// Opens a recording file and returns its writer, or why not.
+    /// Opens a recording file and returns its writer, or why not (blocking file I/O).
+    #[cfg(test)]
     pub(crate) fn open(self: &Arc<Self>, target: RecordingTarget) -> Result<Writer, MediaError> {
+        let mut writer = self.prepare(target)?;
+        writer.create()?;
+        Ok(writer)
+    }
+
+    /// Checks that a recording may start and returns its writer, whose file is created by
+    /// [`Writer::create`] (the writer task does that off the async runtime: creating a file
+    /// can take milliseconds on a busy file system, and must not stall calls).
+    pub(crate) fn prepare(self: &Arc<Self>, target: RecordingTarget) -> Result<Writer, MediaError> {
         if !self.config.enabled {
             return Err(MediaError::RecordingDisabled);
         }
@@ -251,17 +264,9 @@ impl Recorder {
             .config
             .dir
             .join(file_name(&target.call_id, target.start_unix_ms));
-        let io_err = |source| MediaError::Io {
-            file: path.display().to_string(),
-            source,
-        };
-        let mut file = File::create(&path).map_err(io_err)?;
-        file.write_all(&wav_header(0)).map_err(io_err)?;
-        self.add_bytes(WAV_HEADER_LEN as u64);
-        self.recordings_started.fetch_add(1, Ordering::Relaxed);
         Ok(Writer {
             recorder: Arc::clone(self),
-            file: Some(file),
+            file: None,
             meta: RecordingMeta {
                 call_id: target.call_id,
                 agent: target.agent,
@@ -272,6 +277,7 @@ impl Recorder {
                 path,
                 frames_dropped: 0,
                 paused: false,
+                error: None,
             },
             timeline: StereoTimeline::new(),
             data_bytes: 0,
@@ -347,18 +353,82 @@ pub(crate) struct Writer {
 }
 
 impl Writer {
-    /// Takes frames until the relay drops its sender, then finishes the file.
+    /// Creates the file with an empty WAV header (blocking file I/O).
+    pub(crate) fn create(&mut self) -> Result<(), MediaError> {
+        let path = &self.meta.path;
+        let io_err = |source| MediaError::Io {
+            file: path.display().to_string(),
+            source,
+        };
+        let mut file = File::create(path).map_err(io_err)?;
+        file.write_all(&wav_header(0)).map_err(io_err)?;
+        self.recorder.add_bytes(WAV_HEADER_LEN as u64);
+        self.recorder
+            .recordings_started
+            .fetch_add(1, Ordering::Relaxed);
+        self.file = Some(file);
+        Ok(())
+    }
+
+    /// Creates the file, takes frames until the relay drops its sender, then finishes the
+    /// file. Frames go onto the timeline here; every file operation (create, each second's
+    /// write, the last one) runs on tokio's blocking pool, so a slow disk delays only this
+    /// recording (its frame queue absorbs about 2.5 s) and never the runtime's workers.
     pub(crate) async fn run(
-        mut self,
+        self,
         mut frames: mpsc::Receiver<RecordedFrame>,
         dropped: Arc<AtomicU64>,
     ) -> RecordingMeta {
+        let fallback = self.meta.clone();
+        let lost = |what: &str| {
+            tracing::error!(path = %fallback.path.display(), "recording {what} did not run to its end");
+            RecordingMeta {
+                error: Some(format!("the recording's {what} did not run to its end")),
+                ..fallback.clone()
+            }
+        };
+        let created = tokio::task::spawn_blocking(move || {
+            let mut writer = self;
+            let result = writer.create();
+            (writer, result)
+        })
+        .await;
+        let mut writer = match created {
+            Ok((writer, Ok(()))) => writer,
+            Ok((mut writer, Err(error))) => {
+                tracing::warn!(%error, "call not recorded: the recording file cannot be created");
+                writer.meta.error = Some(error.to_string());
+                // Drain the tap so the relay's sends keep succeeding until it stops.
+                while frames.recv().await.is_some() {}
+                return writer.meta;
+            }
+            Err(_) => return lost("file creation"),
+        };
         while let Some(frame) = frames.recv().await {
-            self.push(&frame);
+            if writer.file.is_none() {
+                continue;
+            }
+            writer.timeline.push(&frame);
+            while let Some(second) = writer.timeline.ready(false) {
+                let wrote = tokio::task::spawn_blocking(move || {
+                    writer.write(&second);
+                    writer
+                })
+                .await;
+                writer = match wrote {
+                    Ok(writer) => writer,
+                    Err(_) => return lost("write"),
+                };
+            }
         }
-        self.finish(dropped.load(Ordering::Relaxed))
+        let relay_dropped = dropped.load(Ordering::Relaxed);
+        tokio::task::spawn_blocking(move || writer.finish(relay_dropped))
+            .await
+            .unwrap_or_else(|_| lost("last write"))
     }
 
+    /// Places a frame and writes any second that is ready (blocking file I/O).
+    #[cfg(test)]
     fn push(&mut self, frame: &RecordedFrame) {
         if self.file.is_none() {
             return;

@@ -269,7 +269,7 @@ impl CallMedia {
             return Err(MediaError::SessionEnded);
         }
         let recorder = Arc::clone(&target.recorder);
-        let writer = recorder.open(target)?;
+        let writer = recorder.prepare(target)?;
         let (frames, receiver) = mpsc::channel(FRAME_QUEUE_DEPTH_MAX);
         let dropped = Arc::new(AtomicU64::new(0));
         let tap = RecordingTap {

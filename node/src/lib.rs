@@ -16,6 +16,7 @@
 pub mod announce;
 pub mod bench;
 pub mod call;
+pub mod cdr_writer;
 pub mod clock;
 pub mod cluster;
 pub mod config;

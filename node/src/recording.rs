@@ -178,6 +178,11 @@ pub async fn finish(shared: &Shared, media: &CallMedia) {
     let Some(meta) = media.stop_recording().await else {
         return;
     };
+    if let Some(error) = &meta.error {
+        // The writer logged it when it happened; a file that never was is not indexed.
+        warn!(%error, path = %meta.path.display(), "the call was not recorded");
+        return;
+    }
     let records = Arc::clone(&shared.records);
     let node = shared.node_id.clone();
     let stored = tokio::task::spawn_blocking(move || {

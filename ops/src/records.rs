@@ -181,6 +181,11 @@ storage_err!(
 /// Where call records live. Every backend keeps the same key order: arrival time, then id.
 pub trait RecordStore: Send + Sync {
     fn put_cdr(&self, cdr: &Cdr) -> Result<(), RecordError>;
+    /// Stores several CDRs at once: all or none (one transaction where the backend has
+    /// them, so a batch costs one durable commit instead of one each).
+    fn put_cdrs(&self, cdrs: &[Cdr]) -> Result<(), RecordError> {
+        cdrs.iter().try_for_each(|cdr| self.put_cdr(cdr))
+    }
     /// CDRs in arrival order, optionally only those that arrived at or after `since_ms`,
     /// at most `limit` of them.
     fn list_cdrs(&self, since_ms: u64, limit: usize) -> Result<Vec<Cdr>, RecordError>;
@@ -215,11 +220,17 @@ impl RedbRecordStore {
 
 impl RecordStore for RedbRecordStore {
     fn put_cdr(&self, cdr: &Cdr) -> Result<(), RecordError> {
-        let value = serde_json::to_vec(cdr)?;
+        self.put_cdrs(std::slice::from_ref(cdr))
+    }
+
+    fn put_cdrs(&self, cdrs: &[Cdr]) -> Result<(), RecordError> {
         let txn = self.db.begin_write()?;
         {
             let mut table = txn.open_table(CDRS)?;
-            table.insert((cdr.arrived_at_ms, cdr.call_id.as_str()), value.as_slice())?;
+            for cdr in cdrs {
+                let value = serde_json::to_vec(cdr)?;
+                table.insert((cdr.arrived_at_ms, cdr.call_id.as_str()), value.as_slice())?;
+            }
         }
         txn.commit()?;
         Ok(())
@@ -345,8 +356,10 @@ mod tests {
         {
             let store = RedbRecordStore::open(&path).expect("open");
             store.put_cdr(&cdr("b", 20)).expect("put");
-            store.put_cdr(&cdr("a", 10)).expect("put");
-            store.put_cdr(&cdr("c", 20)).expect("put");
+            // A batch lands in the same order as single puts.
+            store
+                .put_cdrs(&[cdr("a", 10), cdr("c", 20)])
+                .expect("put a batch");
         }
         let store = RedbRecordStore::open(&path).expect("reopen");
         let all = store.list_cdrs(0, 100).expect("list");

@@ -409,11 +409,53 @@ async fn run_step(
     if outcome.code != Some(0) {
         eprintln!("{}", outcome.describe());
     }
+    if answered != step.len() {
+        eprintln!("{}", describe_unanswered(&step));
+    }
     Ok(Step {
         zero_fail,
         post_dial_us: step.iter().filter_map(|c| post_dial_delay_us(c)).collect(),
         cdrs_seen: all.len(),
     })
+}
+
+/// Why a step's unanswered calls failed: a line per (disposition, cause, hung up by) with
+/// how many, whether an agent was ever rung, their waits, and when they arrived relative
+/// to the step's first call (a burst at one moment points at a stall, a spread at load).
+fn describe_unanswered(step: &[&Cdr]) -> String {
+    use std::collections::BTreeMap;
+    let first_arrival = step.iter().map(|c| c.arrived_at_ms).min().unwrap_or(0);
+    let mut groups: BTreeMap<(String, String, String), Vec<&Cdr>> = BTreeMap::new();
+    for c in step.iter().filter(|c| c.disposition != "answered") {
+        let key = (
+            c.disposition.clone(),
+            c.cause.clone().unwrap_or_else(|| "-".into()),
+            c.hangup_by.clone(),
+        );
+        groups.entry(key).or_default().push(c);
+    }
+    let mut out = String::from("bench: unanswered calls of this step:");
+    for ((disposition, cause, by), cdrs) in groups {
+        let offered = cdrs.iter().filter(|c| c.offered_at_ms.is_some()).count();
+        let mut waits: Vec<u64> = cdrs.iter().map(|c| c.wait_ms).collect();
+        waits.sort_unstable();
+        let mut at_s: Vec<f64> = cdrs
+            .iter()
+            .map(|c| c.arrived_at_ms.saturating_sub(first_arrival) as f64 / 1000.0)
+            .collect();
+        at_s.sort_by(f64::total_cmp);
+        let shown: Vec<String> = at_s.iter().take(12).map(|t| format!("{t:.1}")).collect();
+        out.push_str(&format!(
+            "\n  {} {disposition} (cause {cause}, hung up by {by}): {offered} offered to an \
+             agent, {} offers in all; wait p50 {} ms, max {} ms; arrived at +s {}",
+            cdrs.len(),
+            cdrs.iter().map(|c| c.offers).sum::<u32>(),
+            percentile(&waits, 50),
+            waits.last().copied().unwrap_or(0),
+            shown.join(" ")
+        ));
+    }
+    out
 }
 
 /// The sample with the most concurrent calls seen, and the node's RSS then.

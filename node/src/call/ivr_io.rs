@@ -249,9 +249,7 @@ impl Call {
         metrics::counter!("carillon_ivr_ends_total", "disposition" => disposition.to_string(), "cause" => cause.to_string())
             .increment(1);
         info!(%disposition, %cause, "call ended in the IVR; record stored");
-        if let Err(e) = self.shared.records.put_cdr(&cdr) {
-            warn!(error = %e, "could not store the call record");
-        }
+        self.shared.cdrs.store(cdr);
     }
 }
 

@@ -1008,10 +1008,8 @@ impl Call {
         };
         let held_ms = cdr.hold_ms;
         info!(disposition = %cdr.disposition, wait_ms = cdr.wait_ms, held_ms, "call record stored");
-        if let Err(e) = self.shared.records.put_cdr(&cdr) {
-            warn!(error = %e, "could not store the call record");
-        }
         self.shared.counters.record(&cdr);
+        self.shared.cdrs.store(cdr);
     }
 
     fn finish_without_record(&mut self) {

@@ -451,10 +451,8 @@ impl Outbound {
             transfer: None,
         };
         info!(disposition = %cdr.disposition, "outbound call record stored");
-        if let Err(e) = self.shared.records.put_cdr(&cdr) {
-            warn!(error = %e, "could not store the call record");
-        }
         self.shared.counters.record(&cdr);
+        self.shared.cdrs.store(cdr);
     }
 }
 
