@@ -193,7 +193,8 @@ pub enum CtlCmd {
         #[command(subcommand)]
         action: FlowsCmd,
     },
-    /// Call control: hang up, hold, resume, blind transfer, click-to-dial, pick up.
+    /// Call control: hang up, hold, resume, blind transfer, click-to-dial, pick up,
+    /// consultation (consult, complete, conference, cancel-consult).
     Call {
         #[command(subcommand)]
         action: CallCmd,
@@ -264,6 +265,33 @@ pub enum CallCmd {
     Dial { agent: String, number: String },
     /// AGENT picks up CALL, which rings another agent or waits in line.
     Pickup { call: String, agent: String },
+    /// Consult NUMBER (through the gateway) with the caller on hold music; waits until it
+    /// answers (agent and NUMBER talk) or fails (the caller is back with the agent).
+    Consult {
+        call: String,
+        #[arg(long, default_value = "")]
+        agent: String,
+        #[arg(long)]
+        number: String,
+    },
+    /// Consulted transfer: the consulted party takes the call; the agent's leg is hung up.
+    Complete {
+        call: String,
+        #[arg(long, default_value = "")]
+        agent: String,
+    },
+    /// Three-way conference with the consulted party: everyone hears everyone.
+    Conference {
+        call: String,
+        #[arg(long, default_value = "")]
+        agent: String,
+    },
+    /// Hang up the consulted party; the caller is back with the agent.
+    CancelConsult {
+        call: String,
+        #[arg(long, default_value = "")]
+        agent: String,
+    },
 }
 
 #[derive(clap::Subcommand)]
@@ -664,6 +692,21 @@ pub async fn call_control(t: &Target, action: CallCmd) -> anyhow::Result<()> {
             calls.make_call(pb::MakeCallRequest { agent, number }).await
         }
         CallCmd::Pickup { call, agent } => calls.pickup(request(call, agent)).await,
+        CallCmd::Consult {
+            call,
+            agent,
+            number,
+        } => {
+            let req = pb::ConsultRequest {
+                call,
+                agent,
+                target: Some(pb::consult_request::Target::Number(number)),
+            };
+            calls.consult(req).await
+        }
+        CallCmd::Complete { call, agent } => calls.consulted_transfer(request(call, agent)).await,
+        CallCmd::Conference { call, agent } => calls.conference(request(call, agent)).await,
+        CallCmd::CancelConsult { call, agent } => calls.cancel_consult(request(call, agent)).await,
     }
     .map_err(explain)?
     .into_inner();

@@ -315,47 +315,6 @@ impl Api {
         }
         Ok(StreamSlot(self.streams.clone()))
     }
-
-    /// The agent a call is tied to now (ringing or connected), if any.
-    fn call_agent(&self, call: &str) -> Option<String> {
-        let ids: Vec<String> = self
-            .shared
-            .config
-            .agent_accounts()
-            .into_iter()
-            .map(|a| a.id)
-            .collect();
-        self.shared.routing.read(|acd| {
-            ids.into_iter()
-                .find(|id| acd.agent_state(id).and_then(AgentState::call) == Some(call))
-        })
-    }
-
-    /// Authorises an action on a call: an agent token only for a call it is on or ringing.
-    fn authorize_call<T>(
-        &self,
-        req: &Request<T>,
-        action: &'static str,
-        call: &str,
-    ) -> Result<Ctx, Status> {
-        let ctx = self.authorize(req, action, Role::Agent, call)?;
-        if ctx.principal.role == Role::Agent {
-            let on_it = self.call_agent(call);
-            if on_it.is_none() || on_it != ctx.principal.agent {
-                let e = AuthError::NotOwn {
-                    own: ctx.principal.agent.clone().unwrap_or_default(),
-                    target: format!("call {call}"),
-                };
-                return Err(self.refuse(&ctx, call, e));
-            }
-        }
-        Ok(ctx)
-    }
-
-    fn unimplemented(&self, ctx: &Ctx, target: &str, what: &str) -> Status {
-        self.audit(ctx, target, "failed", "not implemented");
-        Status::unimplemented(what.to_string())
-    }
 }
 
 /// Holds one event-stream slot until dropped.
@@ -498,10 +457,6 @@ impl pb::agent_service_server::AgentService for Api {
     }
 }
 
-/// What consulted transfer and conference lack, for UNIMPLEMENTED answers.
-const NO_MIXING: &str = "it needs a three-party audio mixer in carillon-media (being built) \
-     wired into the call task; blind transfer (BlindTransfer) works today";
-
 /// A call-control answer from the call task as a gRPC status.
 fn control_status(e: &ControlError) -> Status {
     match e {
@@ -510,6 +465,7 @@ fn control_status(e: &ControlError) -> Status {
         ControlError::Busy(..) => Status::resource_exhausted(e.to_string()),
         ControlError::Timeout(..) => Status::deadline_exceeded(e.to_string()),
         ControlError::Refused(_) => Status::failed_precondition(e.to_string()),
+        ControlError::Unanswered(_) => Status::aborted(e.to_string()),
     }
 }
 
@@ -694,32 +650,52 @@ impl pb::call_service_server::CallService for Api {
         self.control(&ctx, &r.call, action).await
     }
 
+    async fn consult(
+        &self,
+        req: Request<pb::ConsultRequest>,
+    ) -> Result<Response<pb::CallReply>, Status> {
+        use pb::consult_request::Target;
+        let r = req.get_ref().clone();
+        let number = match &r.target {
+            Some(Target::Number(n)) => {
+                check_number(n)?;
+                n.clone()
+            }
+            None => return Err(Status::invalid_argument("name the target: number")),
+        };
+        let ctx = self.authorize_call_action(&req, "CallService.Consult", &r.call, &r.agent)?;
+        self.control(&ctx, &r.call, CallAction::Consult { number })
+            .await
+    }
+
     async fn consulted_transfer(
         &self,
-        req: Request<pb::ConsultedTransferRequest>,
+        req: Request<pb::CallRequest>,
     ) -> Result<Response<pb::CallReply>, Status> {
-        let call = req.get_ref().call.clone();
-        check_text("call", &call, true)?;
-        let ctx = self.authorize_call(&req, "CallService.ConsultedTransfer", &call)?;
-        Err(self.unimplemented(
-            &ctx,
-            &call,
-            &format!("consulted transfer is not implemented: {NO_MIXING}"),
-        ))
+        let r = req.get_ref().clone();
+        let ctx =
+            self.authorize_call_action(&req, "CallService.ConsultedTransfer", &r.call, &r.agent)?;
+        self.control(&ctx, &r.call, CallAction::CompleteConsult)
+            .await
     }
 
     async fn conference(
         &self,
-        req: Request<pb::ConsultedTransferRequest>,
+        req: Request<pb::CallRequest>,
     ) -> Result<Response<pb::CallReply>, Status> {
-        let call = req.get_ref().call.clone();
-        check_text("call", &call, true)?;
-        let ctx = self.authorize_call(&req, "CallService.Conference", &call)?;
-        Err(self.unimplemented(
-            &ctx,
-            &call,
-            &format!("three-way conference is not implemented: {NO_MIXING}"),
-        ))
+        let r = req.get_ref().clone();
+        let ctx = self.authorize_call_action(&req, "CallService.Conference", &r.call, &r.agent)?;
+        self.control(&ctx, &r.call, CallAction::Conference).await
+    }
+
+    async fn cancel_consult(
+        &self,
+        req: Request<pb::CallRequest>,
+    ) -> Result<Response<pb::CallReply>, Status> {
+        let r = req.get_ref().clone();
+        let ctx =
+            self.authorize_call_action(&req, "CallService.CancelConsult", &r.call, &r.agent)?;
+        self.control(&ctx, &r.call, CallAction::CancelConsult).await
     }
 
     async fn make_call(
@@ -820,6 +796,7 @@ impl Api {
                     ControlError::Ended(_) | ControlError::Refused(_) => {
                         Status::failed_precondition(e.to_string())
                     }
+                    ControlError::Unanswered(_) => Status::aborted(e.to_string()),
                 })
             }
         }

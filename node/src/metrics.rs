@@ -107,6 +107,23 @@ fn describe() {
         "carillon_announcements_total",
         "Place-in-line and expected-wait announcements played to waiting callers."
     );
+    describe_counter!(
+        "carillon_holds_total",
+        "Holds of calls, by side: caller or agent (their phones), api (CallService.Hold)."
+    );
+    describe_counter!(
+        "carillon_transfers_total",
+        "Transfers through the API, by target kind: queue, agent, number."
+    );
+    describe_counter!(
+        "carillon_transfers_failed_total",
+        "Blind transfers to a number that did not answer (the caller went back to the agent)."
+    );
+    describe_counter!(
+        "carillon_consults_total",
+        "Consultations through the API, by outcome: answered, unanswered, cancelled, \
+         third-hung-up, conference (made a three-way call), completed (handed over)."
+    );
     describe_gauge!(
         "carillon_service_level_ratio",
         "Calls answered within 20 s over calls answered or abandoned, on this node since start."

@@ -69,8 +69,9 @@ pub struct Cdr {
     /// `inbound` (a trunk call) or `outbound` (click-to-dial).
     #[serde(default = "inbound")]
     pub direction: String,
-    /// The API's last blind transfer of the call: `queue:<name>`, `agent:<id>` or
-    /// `number:<number>`.
+    /// The API's last transfer of the call: blind (`queue:<name>`, `agent:<id>`,
+    /// `number:<number>`), consulted (`consulted:<number>`), or the agent leaving a
+    /// conference (`conference:<number>`).
     #[serde(default)]
     pub transfer: Option<String>,
 }

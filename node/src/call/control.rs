@@ -17,6 +17,9 @@
 //!   (routing sees the call end there, `Ended` by the agent, so the agent wraps up), and the
 //!   task follows the two remaining legs until either hangs up; the record's end is then.
 //!   If the number does not answer, the caller is back with the agent.
+//! - Consultation, consulted transfer and conference dial the same way and live in
+//!   [`super::consult`]; a consulted transfer ends the agent's part as a transfer to a
+//!   number does ([`Call::hand_over`]).
 //!
 //! Pick-up needs no call task: it is a routing command (`Pickup`) whose revoke and offer
 //! events the call acts on as on any others.
@@ -39,6 +42,9 @@ use crate::sip::{rsip, DialogState, DialogStateReceiver, InviteDialog};
 pub const TRANSFER_AGENT_WAIT_MS: u64 = 30_000;
 /// How long a number a call is transferred to may ring.
 pub const TRANSFER_RING_MS: u64 = 30_000;
+/// How long a consulted number may ring while the agent waits and the caller hears hold
+/// music (the Consult request waits for it, within `carillon ctl`'s 30 s).
+pub const CONSULT_RING_MS: u64 = 20_000;
 /// The longest a call transferred to a number is followed (a lost BYE must not keep the
 /// task, its ports and its call slot for ever).
 const TRANSFERRED_CALL_MAX_MS: u64 = 4 * 3_600_000;
@@ -47,7 +53,7 @@ const DIALS_MAX: usize = 2;
 
 /// Why transfers to a number and click-to-dial cannot work without a gateway.
 pub const NO_GATEWAY: &str = "no gateway to dial numbers through: set [callback] gateway \
-     in the node's config (transfers to a number and click-to-dial use it)";
+     in the node's config (transfers to a number, consultations and click-to-dial use it)";
 
 /// A call-control request for one call.
 #[derive(Debug)]
@@ -67,6 +73,28 @@ pub enum CallAction {
     TransferToNumber {
         number: String,
     },
+    /// Consult `number` with the caller on hold ([`super::consult`]); answered once the
+    /// dial's outcome is known.
+    Consult {
+        number: String,
+    },
+    /// Hand the call to the consulted party (consulted transfer).
+    CompleteConsult,
+    /// Make the consultation a three-way conference.
+    Conference,
+    /// Hang up the consulted party; the caller is back with the agent.
+    CancelConsult,
+}
+
+impl CallAction {
+    /// How long the API waits for the call task's answer: a consultation answers once the
+    /// number has answered or failed, which may take its whole ring time.
+    pub fn reply_wait_ms(&self) -> u64 {
+        match self {
+            CallAction::Consult { .. } => CONSULT_RING_MS + 5_000,
+            _ => super::registry::CONTROL_REPLY_MS,
+        }
+    }
 }
 
 /// What API call control did to one call.
@@ -83,8 +111,8 @@ pub(super) struct ControlState {
     dialling: Option<String>,
     /// The transfer leg: its dialog states, our side of its session, and (once answered)
     /// its dialog.
-    states: Option<DialogStateReceiver>,
-    sdp: Option<hold::LegSdp>,
+    pub(super) states: Option<DialogStateReceiver>,
+    pub(super) sdp: Option<hold::LegSdp>,
     external: Option<InviteDialog>,
     dials_tx: mpsc::Sender<TransferDial>,
     pub(super) dials_rx: mpsc::Receiver<TransferDial>,
@@ -108,12 +136,48 @@ impl ControlState {
     }
 }
 
-/// How the INVITE to a transfer's number ended.
+/// What a number is dialled through the gateway for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum DialPurpose {
+    /// A blind transfer: on an answer the caller goes to the number.
+    Transfer,
+    /// A consultation; `attempt` tells a current dial from one given up on.
+    Consult { attempt: u64 },
+}
+
+/// How the INVITE to a number dialled through the gateway ended.
 pub(super) struct TransferDial {
-    number: String,
-    dialog: InviteDialog,
-    result: Result<rsip::Response, String>,
-    port: RtpPort,
+    pub(super) purpose: DialPurpose,
+    pub(super) number: String,
+    pub(super) dialog: InviteDialog,
+    pub(super) result: Result<rsip::Response, String>,
+    pub(super) port: RtpPort,
+}
+
+impl TransferDial {
+    /// Whether the number answered (2xx).
+    pub(super) fn answered(&self) -> bool {
+        matches!(&self.result, Ok(r) if r.status_code.kind() == rsip::StatusCodeKind::Successful)
+    }
+
+    /// The answer's audio address and codec, or why the dial failed, in words.
+    pub(super) fn remote_audio(
+        &self,
+    ) -> Result<(std::net::SocketAddr, carillon_media::Codec), String> {
+        match &self.result {
+            Ok(r) if self.answered() => super::answer_audio(r),
+            Ok(r) => Err(format!("answered {}", r.status_code)),
+            Err(e) => Err(e.clone()),
+        }
+    }
+}
+
+/// A number being dialled through the gateway: its dialog (to cancel or hang up), its
+/// dialog states, and our side of its session.
+pub(super) struct GatewayDial {
+    pub(super) dialog: InviteDialog,
+    pub(super) states: DialogStateReceiver,
+    pub(super) sdp: hold::LegSdp,
 }
 
 fn phase_name(phase: &Phase) -> &'static str {
@@ -155,6 +219,17 @@ impl Call {
                 self.transfer_within(cmd, format!("agent:{agent}")).await
             }
             CallAction::TransferToNumber { number } => self.transfer_to_number(number),
+            CallAction::Consult { number } => match self.consult(number) {
+                // Answered from `on_consult_dial` once the number answers or fails.
+                Ok(()) => {
+                    self.await_consult_dial(reply);
+                    return;
+                }
+                Err(e) => Err(e),
+            },
+            CallAction::CompleteConsult => self.complete_consult().await,
+            CallAction::Conference => self.conference(),
+            CallAction::CancelConsult => self.cancel_consult(),
         };
         if let Err(e) = &result {
             info!(error = %e, "call control refused");
@@ -163,7 +238,7 @@ impl Call {
     }
 
     /// The call must be connected to an agent and not in the middle of something else.
-    fn require_connected(&self, what: &str) -> Result<(), ControlError> {
+    pub(super) fn require_connected(&self, what: &str) -> Result<(), ControlError> {
         if !matches!(self.phase, Phase::Connected { .. }) {
             return Err(ControlError::Refused(format!(
                 "call {} is {}: {what} needs a connected call",
@@ -209,6 +284,7 @@ impl Call {
 
     fn api_hold(&mut self) -> ControlResult {
         self.require_connected("hold")?;
+        self.require_no_consult("hold")?;
         if self.control.held {
             return Err(ControlError::Refused(format!(
                 "call {} is on hold already",
@@ -230,6 +306,14 @@ impl Call {
 
     fn api_resume(&mut self) -> ControlResult {
         self.require_connected("resume")?;
+        if let Some(c) = &self.consult {
+            return Err(ControlError::Refused(format!(
+                "call {} is in a consultation with {}, not on hold: CancelConsult brings the \
+                 caller back to the agent",
+                self.id,
+                c.number()
+            )));
+        }
         if !self.control.held {
             return Err(ControlError::Refused(format!(
                 "call {} is not on hold through the API",
@@ -241,7 +325,7 @@ impl Call {
     }
 
     /// Ends the API hold, if any: the music stops and the parties hear each other again.
-    fn end_api_hold(&mut self) {
+    pub(super) fn end_api_hold(&mut self) {
         if !self.control.held {
             return;
         }
@@ -260,6 +344,7 @@ impl Call {
     /// leg goes and the caller waits for the next offer.
     async fn transfer_within(&mut self, cmd: Command, label: String) -> ControlResult {
         self.require_connected("a transfer")?;
+        self.require_no_consult("a blind transfer")?;
         match self.shared.routing.propose(cmd.clone()).await {
             Ok(()) => {}
             Err(ProposeError::Refused(why)) => return Err(ControlError::Refused(why)),
@@ -293,6 +378,25 @@ impl Call {
     /// `control.dials_rx` to [`Call::on_transfer_dial`].
     fn transfer_to_number(&mut self, number: String) -> ControlResult {
         self.require_connected("a transfer")?;
+        self.require_no_consult("a blind transfer")?;
+        let dial = self.dial_gateway(&number, DialPurpose::Transfer, TRANSFER_RING_MS)?;
+        info!(%number, "transfer: dialling the number; the caller hears hold music");
+        self.control.dialling = Some(number.clone());
+        self.control.states = Some(dial.states);
+        self.control.sdp = Some(dial.sdp);
+        self.media.play_loop(self.shared.hold_music.clone());
+        Ok(format!("dialling {number}"))
+    }
+
+    /// Dials `sip:<number>@<callback.gateway>` showing the caller's number; the outcome
+    /// (answer, refusal, or no answer within `ring_ms`, then cancelled) comes back
+    /// through `control.dials_rx` tagged with `purpose`.
+    pub(super) fn dial_gateway(
+        &mut self,
+        number: &str,
+        purpose: DialPurpose,
+        ring_ms: u64,
+    ) -> Result<GatewayDial, ControlError> {
         let gateway = self
             .shared
             .config
@@ -300,12 +404,11 @@ impl Call {
             .as_ref()
             .map(|c| c.gateway)
             .ok_or_else(|| ControlError::Refused(NO_GATEWAY.into()))?;
-        let port =
-            self.shared.ports.allocate().map_err(|e| {
-                ControlError::Refused(format!("no RTP port for the transfer leg: {e}"))
-            })?;
+        let port = self.shared.ports.allocate().map_err(|e| {
+            ControlError::Refused(format!("no RTP port for a leg to {number}: {e}"))
+        })?;
         let offer = carillon_media::sdp::offer(port.local_addr(), &[self.codec], now_ms());
-        let uri = format!("sip:{}@{}", sanitize_user(&number), gateway);
+        let uri = format!("sip:{}@{}", sanitize_user(number), gateway);
         let options = agent_invite(
             &self.shared,
             &uri,
@@ -315,36 +418,34 @@ impl Call {
             offer.clone(),
         )
         .map_err(ControlError::Refused)?;
-        let (tx, rx) = self.shared.sip.dialogs.new_dialog_state_channel();
+        let (tx, states) = self.shared.sip.dialogs.new_dialog_state_channel();
         let (dialog, join) = self
             .shared
             .sip
             .dialogs
             .do_invite_async(options, tx)
-            .map_err(|e| ControlError::Refused(format!("the transfer INVITE failed: {e}")))?;
-        info!(%uri, "transfer: dialling the number; the caller hears hold music");
-        self.control.dialling = Some(number.clone());
-        self.control.states = Some(rx);
-        self.control.sdp = Some(hold::LegSdp::new(offer));
-        self.media.play_loop(self.shared.hold_music.clone());
+            .map_err(|e| ControlError::Refused(format!("the INVITE to {number} failed: {e}")))?;
+        debug!(%uri, ?purpose, "dialling through the gateway");
         let outcomes = self.control.dials_tx.clone();
-        let dialled = number.clone();
+        let dialled = number.to_string();
+        let ringing = dialog.clone();
         tokio::spawn(
             async move {
-                let ring = Duration::from_millis(TRANSFER_RING_MS);
+                let ring = Duration::from_millis(ring_ms);
                 let result = match tokio::time::timeout(ring, join).await {
                     Ok(Ok(Ok((_, Some(resp))))) => Ok(resp),
                     Ok(Ok(Ok((_, None)))) => Err("no final response".to_string()),
                     Ok(Ok(Err(e))) => Err(e.to_string()),
                     Ok(Err(e)) => Err(e.to_string()),
                     Err(_) => {
-                        dialog.cancel().await.ok();
-                        Err(format!("no answer within {TRANSFER_RING_MS} ms"))
+                        ringing.cancel().await.ok();
+                        Err(format!("no answer within {ring_ms} ms"))
                     }
                 };
                 let outcome = TransferDial {
+                    purpose,
                     number: dialled,
-                    dialog,
+                    dialog: ringing,
                     result,
                     port,
                 };
@@ -352,15 +453,21 @@ impl Call {
             }
             .in_current_span(),
         );
-        Ok(format!("dialling {number}"))
+        Ok(GatewayDial {
+            dialog,
+            states,
+            sdp: hold::LegSdp::new(offer),
+        })
     }
 
     /// The transfer's number answered (bridge the caller to it, the agent leaves) or not
     /// (the caller is back with the agent).
     pub(super) async fn on_transfer_dial(&mut self, d: TransferDial) {
+        if let DialPurpose::Consult { .. } = d.purpose {
+            return self.on_consult_dial(d).await;
+        }
         self.control.dialling = None;
-        let answered =
-            matches!(&d.result, Ok(r) if r.status_code.kind() == rsip::StatusCodeKind::Successful);
+        let answered = d.answered();
         if !matches!(self.phase, Phase::Connected { .. }) {
             // A party hung up while the number rang: the call is over.
             if answered {
@@ -370,12 +477,7 @@ impl Call {
             self.control.states = None;
             return;
         }
-        let remote = match &d.result {
-            Ok(r) if answered => super::answer_audio(r),
-            Ok(r) => Err(format!("answered {}", r.status_code)),
-            Err(e) => Err(e.clone()),
-        };
-        let (remote, codec) = match remote {
+        let (remote, codec) = match d.remote_audio() {
             Ok(x) => x,
             Err(why) => {
                 info!(number = %d.number, %why, "transfer to the number failed; the caller is back with the agent");
@@ -393,6 +495,18 @@ impl Call {
         };
         self.media
             .bridge(MediaLeg::new(d.port, codec, Some(remote)));
+        info!(number = %d.number, "the number answered; caller bridged to it, agent released");
+        metrics::counter!("carillon_transfers_total", "to" => "number").increment(1);
+        self.hand_over(d.dialog, format!("number:{}", d.number))
+            .await;
+    }
+
+    /// The caller now talks to `external` (the media already carries it; its dialog
+    /// states and our side of its session are in `control`): the agent's leg is hung up,
+    /// routing ends the agent's part (`Ended` by the agent, so the agent wraps up and the
+    /// record closes), and once the record is here the task's main loop ends and
+    /// [`Call::follow_transfer`] follows caller and `external` until either hangs up.
+    pub(super) async fn hand_over(&mut self, external: InviteDialog, label: String) {
         self.end_api_hold();
         if let Phase::Connected { dialog } = std::mem::replace(&mut self.phase, Phase::Ending) {
             self.remove_dialog(&dialog);
@@ -400,10 +514,8 @@ impl Call {
         }
         self.agent_states = None;
         self.agent_sdp = None;
-        self.control.external = Some(d.dialog);
-        let label = format!("number:{}", d.number);
-        info!(transfer = %label, "the number answered; caller bridged to it, agent released");
-        metrics::counter!("carillon_transfers_total", "to" => "number").increment(1);
+        self.control.external = Some(external);
+        info!(transfer = %label, "caller handed over; agent released");
         self.control.transfer = Some(label);
         let cmd = Command::Ended {
             call: self.id.clone(),
@@ -462,17 +574,7 @@ impl Call {
                         break;
                     }
                     Some(DialogState::Updated(_, req, handle)) => {
-                        let body = String::from_utf8_lossy(&req.body).to_string();
-                        let answer = self.control.sdp.as_mut().and_then(|s| s.on_reoffer(&body).ok());
-                        match answer {
-                            Some(r) if req.method == rsip::Method::Invite => {
-                                let ct = rsip::Header::ContentType("application/sdp".into());
-                                handle.respond(rsip::StatusCode::OK, Some(vec![ct]), Some(r.answer.into_bytes())).await.ok();
-                            }
-                            _ => {
-                                handle.respond(rsip::StatusCode::OK, None, None).await.ok();
-                            }
-                        }
+                        answer_in_dialog(self.control.sdp.as_mut(), &req, handle).await;
                     }
                     Some(_) => {}
                 },
@@ -487,7 +589,8 @@ impl Call {
                         break;
                     }
                     Control::Call(_, reply) | Control::Supervise(_, reply) => {
-                        let why = format!("call {} was transferred to a number; only hang-up applies now", self.id);
+                        let to = self.control.transfer.as_deref().unwrap_or("a number");
+                        let why = format!("call {} was transferred ({to}); only hang-up applies now", self.id);
                         reply.send(Err(ControlError::Refused(why))).ok();
                     }
                 },
@@ -502,6 +605,31 @@ impl Call {
         }
         if let Some(rec) = self.record.as_mut() {
             rec.ended_at = now_ms();
+        }
+    }
+}
+
+/// Answers an in-dialog request on a leg the node holds alone (a transferred-to or
+/// consulted number): a re-INVITE gets our session back (a refresh or its hold; the media
+/// does not change), anything else a plain 200.
+pub(super) async fn answer_in_dialog(
+    sdp: Option<&mut hold::LegSdp>,
+    req: &rsip::Request,
+    handle: rsipstack::dialog::dialog::TransactionHandle,
+) {
+    let body = String::from_utf8_lossy(&req.body).to_string();
+    let answer = sdp.and_then(|s| s.on_reoffer(&body).ok());
+    match answer {
+        Some(r) if req.method == rsip::Method::Invite => {
+            let ct = rsip::Header::ContentType("application/sdp".into());
+            let body = Some(r.answer.into_bytes());
+            handle
+                .respond(rsip::StatusCode::OK, Some(vec![ct]), body)
+                .await
+                .ok();
+        }
+        _ => {
+            handle.respond(rsip::StatusCode::OK, None, None).await.ok();
         }
     }
 }

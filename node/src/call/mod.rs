@@ -21,6 +21,7 @@
 //! the inter-node leg) shows it, and the caller's resume likewise.
 
 mod callback;
+mod consult;
 pub mod control;
 pub mod hold;
 mod ivr_io;
@@ -149,6 +150,9 @@ struct Call {
     control: control::ControlState,
     /// A supervisor listening in, whispering or barged in ([`supervise`]).
     supervisor: Option<supervise::Session>,
+    /// The agent consulting a number, or in a conference with it ([`consult`]).
+    consult: Option<consult::Consultation>,
+    consult_attempts: u64,
 }
 
 impl Call {
@@ -190,6 +194,8 @@ impl Call {
             _registration: registration,
             control: control::ControlState::new(),
             supervisor: None,
+            consult: None,
+            consult_attempts: 0,
         }
     }
 
@@ -255,6 +261,7 @@ impl Call {
                 _ = callback::sleep_until_opt(self.announce_end) => self.announcement_over(),
                 Some(d) = self.control.dials_rx.recv() => self.on_transfer_dial(d).await,
                 ev = supervise::next(&mut self.supervisor) => self.on_supervisor_event(ev).await,
+                st = consult::next(&mut self.consult) => self.on_consult_state(st).await,
                 d = recv_dtmf(&mut self.dtmf) => match d {
                     Some(d) => self.on_digit(d.digit).await,
                     None => self.dtmf = None,
@@ -269,6 +276,7 @@ impl Call {
             }
         }
         self.end_supervision(true).await;
+        self.end_consult();
         if let Some(action) = self.exit_action() {
             self.take_exit(action).await;
         }
@@ -624,6 +632,9 @@ impl Call {
                     ) {
                         info!("agent hung up");
                         self.agent_states = None;
+                        if self.consult.is_some() && self.agent_left_consult().await {
+                            return;
+                        }
                         self.hang_up_caller_after_agent().await;
                     }
                 }
@@ -660,7 +671,10 @@ impl Call {
                     }
                     Some(hold::Change::Resumed) => {
                         self.on_hold_change("agent", hold::Change::Resumed);
-                        if !self.control.held {
+                        // The music goes on while the API or a consultation holds the caller.
+                        if !self.control.held
+                            && !self.consult.as_ref().is_some_and(|c| c.holds_caller())
+                        {
                             self.media.stop_playback();
                         }
                         let sent = self.media.counters().prompt_packets_out;
@@ -679,10 +693,7 @@ impl Call {
 
     /// Counts and logs a hold or resume by `side`, and keeps the hold time.
     fn on_hold_change(&mut self, side: &'static str, change: hold::Change) {
-        let held = self.caller_sdp.is_held()
-            || self.agent_sdp.as_ref().is_some_and(|s| s.is_held())
-            || self.control.held;
-        self.hold_clock.update(held, now_ms());
+        self.update_hold_clock();
         match change {
             hold::Change::Held => {
                 metrics::counter!("carillon_holds_total", "side" => side).increment(1);
@@ -690,6 +701,16 @@ impl Call {
             }
             hold::Change::Resumed => info!(side, "call resumed from hold"),
         }
+    }
+
+    /// Keeps the hold time: the call counts as held while either phone holds, the API
+    /// holds, or the caller waits through a consultation.
+    fn update_hold_clock(&mut self) {
+        let held = self.caller_sdp.is_held()
+            || self.agent_sdp.as_ref().is_some_and(|s| s.is_held())
+            || self.control.held
+            || self.consult.as_ref().is_some_and(|c| c.holds_caller());
+        self.hold_clock.update(held, now_ms());
     }
 
     /// Tells the agent leg that the caller holds or resumes: a re-INVITE offering the

@@ -14,8 +14,9 @@ use super::supervise::SuperviseAction;
 
 /// Requests queued per call; a caller beyond this is told the call is busy.
 const CONTROL_QUEUE_MAX: usize = 8;
-/// How long a request waits for the call task's answer.
-const CONTROL_REPLY_MS: u64 = 10_000;
+/// How long a request waits for the call task's answer (a consultation waits longer:
+/// [`CallAction::reply_wait_ms`]).
+pub const CONTROL_REPLY_MS: u64 = 10_000;
 
 /// What a call task answers: a short outcome (`"held"`, `"transferring"`) or why not.
 pub type ControlResult = Result<String, ControlError>;
@@ -40,6 +41,10 @@ pub enum ControlError {
     /// The request does not fit the call's state (not connected, already held, ...).
     #[error("{0}")]
     Refused(String),
+    /// A number dialled for the request did not answer (busy, no answer, refused); the
+    /// call is as it was before.
+    #[error("{0}")]
+    Unanswered(String),
     /// The request is well formed but names something that does not exist.
     #[error("{0}")]
     NotFound(String),
@@ -93,19 +98,23 @@ impl CallRegistry {
 
     /// Sends a call-control request and waits for the call's answer.
     pub async fn call(&self, call: &str, action: CallAction) -> ControlResult {
-        self.request(call, |reply| Control::Call(action, reply))
+        let wait_ms = action.reply_wait_ms();
+        self.request(call, wait_ms, |reply| Control::Call(action, reply))
             .await
     }
 
     /// Sends a supervisor request and waits for the call's answer.
     pub async fn supervise(&self, call: &str, action: SuperviseAction) -> ControlResult {
-        self.request(call, |reply| Control::Supervise(action, reply))
-            .await
+        self.request(call, CONTROL_REPLY_MS, |reply| {
+            Control::Supervise(action, reply)
+        })
+        .await
     }
 
     async fn request(
         &self,
         call: &str,
+        wait_ms: u64,
         make: impl FnOnce(oneshot::Sender<ControlResult>) -> Control,
     ) -> ControlResult {
         let tx = self
@@ -120,10 +129,10 @@ impl CallRegistry {
             }
             mpsc::error::TrySendError::Closed(_) => ControlError::Ended(call.to_string()),
         })?;
-        match tokio::time::timeout(Duration::from_millis(CONTROL_REPLY_MS), answer).await {
+        match tokio::time::timeout(Duration::from_millis(wait_ms), answer).await {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(ControlError::Ended(call.to_string())),
-            Err(_) => Err(ControlError::Timeout(call.to_string(), CONTROL_REPLY_MS)),
+            Err(_) => Err(ControlError::Timeout(call.to_string(), wait_ms)),
         }
     }
 }
@@ -156,6 +165,38 @@ mod tests {
             reg.call("c1", hangup()).await,
             Err(ControlError::NoSuchCall("c1".into()))
         );
+    }
+
+    #[test]
+    fn a_consultation_waits_out_its_ring_time_other_requests_do_not() {
+        let consult = CallAction::Consult {
+            number: "5550100".into(),
+        };
+        assert!(consult.reply_wait_ms() > super::super::control::CONSULT_RING_MS);
+        assert_eq!(hangup().reply_wait_ms(), CONTROL_REPLY_MS);
+        assert_eq!(CallAction::Conference.reply_wait_ms(), CONTROL_REPLY_MS);
+    }
+
+    #[tokio::test]
+    async fn a_dial_that_failed_comes_back_as_unanswered() {
+        let reg = CallRegistry::default();
+        let (_guard, mut rx) = reg.register("c3");
+        let task = tokio::spawn(async move {
+            let Some(Control::Call(CallAction::Consult { number }, reply)) = rx.recv().await else {
+                panic!("expected a consultation");
+            };
+            let why = format!("{number} did not take the consultation (486 Busy Here)");
+            reply.send(Err(ControlError::Unanswered(why))).ok();
+        });
+        let consult = CallAction::Consult {
+            number: "5550100".into(),
+        };
+        let err = reg.call("c3", consult).await.expect_err("busy");
+        assert!(
+            matches!(&err, ControlError::Unanswered(w) if w.contains("486")),
+            "{err}"
+        );
+        task.await.expect("call task");
     }
 
     #[tokio::test]

@@ -113,6 +113,13 @@ pub(super) struct Session {
     local_sdp: String,
 }
 
+impl Session {
+    /// The supervisor's id.
+    pub(super) fn name(&self) -> &str {
+        &self.supervisor
+    }
+}
+
 /// What the supervisor's phone did.
 pub(super) enum SessionEvent {
     Key(char),
@@ -153,6 +160,7 @@ impl Call {
                     "call {} is supervised by {} already",
                     self.id, s.supervisor
                 ))),
+                None if self.consult.is_some() => Err(self.third_leg_busy()),
                 None if self.connected_agent_dialog().is_none() => {
                     Err(ControlError::Refused(format!(
                         "call {} is not connected to an agent; nothing to supervise",
@@ -166,6 +174,16 @@ impl Call {
             },
         };
         reply.send(result).ok();
+    }
+
+    /// Why a supervisor cannot join while the agent consults a number.
+    fn third_leg_busy(&self) -> ControlError {
+        let number = self.consult.as_ref().map_or("", |c| c.number());
+        ControlError::Refused(format!(
+            "call {}'s agent is consulting {number}: a call has one third leg, which the \
+             consultation holds; supervise once it has ended",
+            self.id
+        ))
     }
 
     fn connected_agent_dialog(&self) -> Option<&InviteDialog> {
@@ -186,6 +204,10 @@ impl Call {
         }
         if let Some(s) = &self.supervisor {
             let why = format!("call {} is supervised by {} already", self.id, s.supervisor);
+            return refuse(why, leg.dialog);
+        }
+        if self.consult.is_some() {
+            let why = self.third_leg_busy().to_string();
             return refuse(why, leg.dialog);
         }
         let dtmf = match self.media.try_join_third(leg.media, mode.third()) {

@@ -234,20 +234,20 @@ fn api_roles_refusals_and_audit() {
             "{listed:?}"
         );
 
-        // What the node cannot do yet says so.
+        // A conference on a call that is not live here names the call.
         let conference = calls
             .conference(req(
                 ADMIN,
-                pb::ConsultedTransferRequest {
+                pb::CallRequest {
                     call: "c1".into(),
                     ..Default::default()
                 },
             ))
             .await
-            .expect_err("conference is not implemented");
-        assert_eq!(conference.code(), tonic::Code::Unimplemented);
+            .expect_err("no call c1");
+        assert_eq!(conference.code(), tonic::Code::NotFound);
         assert!(
-            conference.message().contains("mixer"),
+            conference.message().contains("c1"),
             "{}",
             conference.message()
         );

@@ -223,21 +223,18 @@ fn api_hangup_ends_both_legs_and_refuses_other_agents() {
             .count();
         assert_eq!(refused, 3, "audit: {entries:#?}");
 
-        // Consulted transfer and conference say what they lack.
+        // A consulted transfer needs a consultation first.
         let err = api
             .calls
-            .consulted_transfer(req(
-                AGENT_1001,
-                pb::ConsultedTransferRequest {
-                    call: call.clone(),
-                    agent: "1001".into(),
-                    other_call: "x".into(),
-                },
-            ))
+            .consulted_transfer(req(AGENT_1001, call_req(&call, "1001")))
             .await
-            .expect_err("consulted transfer is not built");
-        assert_eq!(err.code(), tonic::Code::Unimplemented);
-        assert!(err.message().contains("mixer"), "{}", err.message());
+            .expect_err("no consultation to complete");
+        assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+        assert!(
+            err.message().contains("no consultation"),
+            "{}",
+            err.message()
+        );
 
         // 1001 hangs up their own call.
         let reply = api
