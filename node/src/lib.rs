@@ -16,7 +16,6 @@
 pub mod announce;
 pub mod bench;
 pub mod call;
-pub mod cdr_writer;
 pub mod clock;
 pub mod cluster;
 pub mod config;
@@ -31,6 +30,7 @@ pub mod ivr;
 pub mod metrics;
 pub mod node;
 pub mod peer_leg;
+pub mod record_writer;
 pub mod recording;
 pub mod registrar;
 pub mod routing_log;

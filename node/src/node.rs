@@ -49,8 +49,8 @@ pub struct Shared {
     /// Place-in-line and expected-wait announcements, when configured.
     pub announcer: Option<Arc<crate::announce::Announcer>>,
     pub records: Arc<dyn RecordStore>,
-    /// Where finished calls hand their records ([`crate::cdr_writer`]).
-    pub cdrs: crate::cdr_writer::CdrWriter,
+    /// Where finished calls hand their records and recordings ([`crate::record_writer`]).
+    pub record_writer: crate::record_writer::RecordWriter,
     /// Call recording: settings, disk use, alarms ([`crate::recording`]).
     pub recorder: Arc<carillon_media::Recorder>,
     pub trunks: Vec<(String, Vec<Cidr>)>,
@@ -249,8 +249,8 @@ impl Node {
             hold_music,
             announcer,
             flows,
-            cdrs: crate::cdr_writer::CdrWriter::start(Arc::clone(&records))
-                .context("starting the call record writer thread")?,
+            record_writer: crate::record_writer::RecordWriter::start(Arc::clone(&records))
+                .context("starting the record writer thread")?,
             records,
             recorder,
             counters: Counters::default(),
@@ -317,7 +317,7 @@ impl NodeHandle {
     pub async fn shutdown(self) {
         self.shared.sip.shutdown();
         // Records of calls that ended are stored before the process goes.
-        self.shared.cdrs.flush().await;
+        self.shared.record_writer.flush().await;
         // Tasks first: lease renewals and ticks must not propose to a stopped Raft.
         for t in &self.tasks {
             t.abort();

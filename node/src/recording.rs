@@ -20,7 +20,6 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use carillon_media::{CallMedia, MediaError, Recorder, Recording, RecordingTarget};
-use carillon_ops::records::RecordingEntry;
 use serde::Deserialize;
 use tracing::{info, warn};
 
@@ -172,8 +171,8 @@ pub fn start(
     }
 }
 
-/// Stops the call's recording, if one runs, waits for its file to be complete and indexes
-/// it in the record store.
+/// Stops the call's recording, if one runs, waits for its file to be complete and queues
+/// it for the index ([`crate::record_writer`]).
 pub async fn finish(shared: &Shared, media: &CallMedia) {
     let Some(meta) = media.stop_recording().await else {
         return;
@@ -183,41 +182,9 @@ pub async fn finish(shared: &Shared, media: &CallMedia) {
         warn!(%error, path = %meta.path.display(), "the call was not recorded");
         return;
     }
-    let records = Arc::clone(&shared.records);
-    let node = shared.node_id.clone();
-    let stored = tokio::task::spawn_blocking(move || {
-        // The size on disk, header included; a file that vanished indexes as 0 bytes.
-        let size_bytes = std::fs::metadata(&meta.path).map(|m| m.len()).unwrap_or(0);
-        let entry = RecordingEntry {
-            call_id: meta.call_id,
-            agent: meta.agent,
-            queue: meta.queue,
-            caller: meta.caller,
-            start_ms: meta.start_unix_ms,
-            duration_ms: meta.duration_ms,
-            path: meta.path.display().to_string(),
-            size_bytes,
-            node,
-            frames_dropped: meta.frames_dropped,
-            paused: meta.paused,
-        };
-        records.put_recording(&entry).map(|()| entry)
-    })
-    .await;
-    match stored {
-        Ok(Ok(entry)) => {
-            metrics::counter!("carillon_recordings_indexed_total").increment(1);
-            info!(
-                duration_ms = entry.duration_ms,
-                size_bytes = entry.size_bytes,
-                path = %entry.path,
-                paused = entry.paused,
-                "recording stored"
-            );
-        }
-        Ok(Err(e)) => warn!(error = %e, "could not index the recording"),
-        Err(e) => warn!(error = %e, "indexing the recording failed"),
-    }
+    shared
+        .record_writer
+        .index_recording(meta, shared.node_id.clone());
 }
 
 /// Counts the recording directory again every [`RESCAN_INTERVAL_MS`], for the node's life.

@@ -193,6 +193,10 @@ pub trait RecordStore: Send + Sync {
     /// Indexes one finished recording (a second put for the same start and call replaces
     /// the first).
     fn put_recording(&self, entry: &RecordingEntry) -> Result<(), RecordError>;
+    /// Indexes several recordings at once: all or none where the backend has transactions.
+    fn put_recordings(&self, entries: &[RecordingEntry]) -> Result<(), RecordError> {
+        entries.iter().try_for_each(|e| self.put_recording(e))
+    }
     /// Recordings matching `query`, oldest first, at most `query.limit` (clamped to
     /// [`RECORDING_SEARCH_LIMIT_MAX`]).
     fn search_recordings(&self, query: &RecordingQuery) -> Result<RecordingSearch, RecordError>;
@@ -252,16 +256,22 @@ impl RecordStore for RedbRecordStore {
     }
 
     fn put_recording(&self, entry: &RecordingEntry) -> Result<(), RecordError> {
-        let value = serde_json::to_vec(entry)?;
-        let id = entry.call_id.as_str();
+        self.put_recordings(std::slice::from_ref(entry))
+    }
+
+    fn put_recordings(&self, entries: &[RecordingEntry]) -> Result<(), RecordError> {
         let txn = self.db.begin_write()?;
         {
             let mut table = txn.open_table(RECORDINGS)?;
-            table.insert((entry.start_ms, id), value.as_slice())?;
             let mut by_agent = txn.open_table(RECORDINGS_BY_AGENT)?;
-            by_agent.insert((entry.agent.as_str(), entry.start_ms, id), ())?;
             let mut by_caller = txn.open_table(RECORDINGS_BY_CALLER)?;
-            by_caller.insert((entry.caller.as_str(), entry.start_ms, id), ())?;
+            for entry in entries {
+                let value = serde_json::to_vec(entry)?;
+                let id = entry.call_id.as_str();
+                table.insert((entry.start_ms, id), value.as_slice())?;
+                by_agent.insert((entry.agent.as_str(), entry.start_ms, id), ())?;
+                by_caller.insert((entry.caller.as_str(), entry.start_ms, id), ())?;
+            }
         }
         txn.commit()?;
         Ok(())

@@ -249,7 +249,7 @@ impl Call {
         metrics::counter!("carillon_ivr_ends_total", "disposition" => disposition.to_string(), "cause" => cause.to_string())
             .increment(1);
         info!(%disposition, %cause, "call ended in the IVR; record stored");
-        self.shared.cdrs.store(cdr);
+        self.shared.record_writer.store(cdr);
     }
 }
 

@@ -1030,7 +1030,7 @@ impl Call {
         let held_ms = cdr.hold_ms;
         info!(disposition = %cdr.disposition, wait_ms = cdr.wait_ms, held_ms, "call record stored");
         self.shared.counters.record(&cdr);
-        self.shared.cdrs.store(cdr);
+        self.shared.record_writer.store(cdr);
     }
 
     fn finish_without_record(&mut self) {

@@ -452,7 +452,7 @@ impl Outbound {
         };
         info!(disposition = %cdr.disposition, "outbound call record stored");
         self.shared.counters.record(&cdr);
-        self.shared.cdrs.store(cdr);
+        self.shared.record_writer.store(cdr);
     }
 }
 
