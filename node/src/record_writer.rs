@@ -8,9 +8,9 @@
 //!
 //! Now a call hands its record (and its recording's entry) to a bounded queue and goes on;
 //! a dedicated thread takes whatever is queued (up to [`BATCH_MAX`]) and stores it with one
-//! transaction per kind, so a busy second costs a handful of commits. A full queue parks the
-//! record in a task of its own until there is room (it is never dropped, and the call task
-//! never waits); a record that cannot be stored is logged with its call id and counted
+//! transaction per kind, so a busy second costs a handful of commits. Only a full queue
+//! (the disk far behind) makes a call task wait; a record is never dropped. A record that
+//! cannot be stored is logged with its call id and counted
 //! (`carillon_record_store_errors_total{kind}`). Records still queued when the process is
 //! killed are lost: at most a batch, a few milliseconds of calls.
 
@@ -41,7 +41,7 @@ pub struct RecordWriter {
 }
 
 impl RecordWriter {
-    /// Starts the writer thread on `store`. The thread ends when every `CdrWriter` clone is
+    /// Starts the writer thread on `store`. The thread ends when every `RecordWriter` clone is
     /// dropped, after storing what was queued.
     pub fn start(store: Arc<dyn RecordStore>) -> std::io::Result<RecordWriter> {
         let (jobs, receiver) = mpsc::channel(QUEUE_DEPTH_MAX);
@@ -51,34 +51,33 @@ impl RecordWriter {
         Ok(RecordWriter { jobs })
     }
 
-    /// Queues one call record without waiting (see [`RecordWriter::queue`]).
-    pub fn store(&self, cdr: Cdr) {
+    /// Queues one call record; waits only while the queue is full (see
+    /// [`RecordWriter::queue`]).
+    pub async fn store(&self, cdr: Cdr) {
         let call = cdr.call_id.clone();
-        self.queue(Job::Cdr(Box::new(cdr)), call, "cdr");
+        self.queue(Job::Cdr(Box::new(cdr)), call, "cdr").await;
     }
 
     /// Queues a finished recording of node `node` for the index.
-    pub fn index_recording(&self, meta: RecordingMeta, node: String) {
+    pub async fn index_recording(&self, meta: RecordingMeta, node: String) {
         let call = meta.call_id.clone();
-        self.queue(Job::Recording(Box::new(meta), node), call, "recording");
+        self.queue(Job::Recording(Box::new(meta), node), call, "recording")
+            .await;
     }
 
-    /// Queues without waiting. When the queue is full the job waits in a task of its own for
-    /// room (counted in `carillon_record_queue_full_total`): nothing is dropped, and the call
-    /// task is never held up by the disk. Must run inside the tokio runtime.
-    fn queue(&self, job: Job, call: String, kind: &'static str) {
-        match self.jobs.try_send(job) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(job)) => {
-                metrics::counter!("carillon_record_queue_full_total").increment(1);
-                let jobs = self.jobs.clone();
-                tokio::spawn(async move {
-                    if jobs.send(job).await.is_err() {
-                        lost(&call, kind);
-                    }
-                });
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => lost(&call, kind),
+    /// Queues a job. A full queue (the disk is behind) makes the caller wait, counted in
+    /// `carillon_record_queue_full_total`: nothing is dropped, and the waiting call tasks
+    /// still count against the node's call limit, so admission control sheds new calls
+    /// instead of records piling up without bound.
+    async fn queue(&self, job: Job, call: String, kind: &'static str) {
+        let job = match self.jobs.try_send(job) {
+            Ok(()) => return,
+            Err(mpsc::error::TrySendError::Full(job)) => job,
+            Err(mpsc::error::TrySendError::Closed(_)) => return lost(&call, kind),
+        };
+        metrics::counter!("carillon_record_queue_full_total").increment(1);
+        if self.jobs.send(job).await.is_err() {
+            lost(&call, kind);
         }
     }
 
@@ -214,7 +213,7 @@ mod tests {
         // More than one batch, queued faster than they are stored.
         let n = QUEUE_DEPTH_MAX as u64 + BATCH_MAX as u64 * 2 + 7;
         for i in 0..n {
-            writer.store(cdr(&format!("c{i:04}"), 1_000 + i));
+            writer.store(cdr(&format!("c{i:04}"), 1_000 + i)).await;
         }
         writer.flush().await;
         let all = store.list_cdrs(0, usize::MAX).expect("list");

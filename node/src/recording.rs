@@ -184,7 +184,8 @@ pub async fn finish(shared: &Shared, media: &CallMedia) {
     }
     shared
         .record_writer
-        .index_recording(meta, shared.node_id.clone());
+        .index_recording(meta, shared.node_id.clone())
+        .await;
 }
 
 /// Counts the recording directory again every [`RESCAN_INTERVAL_MS`], for the node's life.

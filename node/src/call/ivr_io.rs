@@ -132,7 +132,7 @@ impl Call {
                     Some(DialogState::Terminated(..)) | None => {
                         info!(flow = %name, step = run.step_id(), "caller hung up in the IVR");
                         self.media.stop_playback();
-                        self.store_ivr_record(arrived_ms, "abandoned", "caller", "ivr");
+                        self.store_ivr_record(arrived_ms, "abandoned", "caller", "ivr").await;
                         return None;
                     }
                     Some(st @ DialogState::Updated(..)) => {
@@ -168,7 +168,8 @@ impl Call {
             }
             Outcome::Voicemail { mailbox } => {
                 self.take_voicemail(&mailbox).await;
-                self.store_ivr_record(arrived_ms, "voicemail", "caller", "ivr");
+                self.store_ivr_record(arrived_ms, "voicemail", "caller", "ivr")
+                    .await;
                 None
             }
             Outcome::Transfer { target } => {
@@ -180,26 +181,30 @@ impl Call {
                     }
                 };
                 self.caller_dialog.bye().await.ok();
-                self.store_ivr_record(arrived_ms, "ivr", "system", cause);
+                self.store_ivr_record(arrived_ms, "ivr", "system", cause)
+                    .await;
                 None
             }
             Outcome::HangUp { prompt } => {
                 if let Some(p) = prompt {
                     if let Some(p) = load_prompt(&p).await {
                         if !self.play_once(p).await {
-                            self.store_ivr_record(arrived_ms, "abandoned", "caller", "ivr");
+                            self.store_ivr_record(arrived_ms, "abandoned", "caller", "ivr")
+                                .await;
                             return None;
                         }
                     }
                 }
                 self.caller_dialog.bye().await.ok();
-                self.store_ivr_record(arrived_ms, "ivr", "system", "hangup");
+                self.store_ivr_record(arrived_ms, "ivr", "system", "hangup")
+                    .await;
                 None
             }
             Outcome::Failed(why) => {
                 warn!(flow = %name, %why, "IVR flow failed; hanging up");
                 self.caller_dialog.bye().await.ok();
-                self.store_ivr_record(arrived_ms, "ivr", "system", "failed");
+                self.store_ivr_record(arrived_ms, "ivr", "system", "failed")
+                    .await;
                 None
             }
         }
@@ -220,7 +225,7 @@ impl Call {
     }
 
     /// The record of a call that ended in its flow.
-    fn store_ivr_record(&self, arrived_ms: u64, disposition: &str, by: &str, cause: &str) {
+    async fn store_ivr_record(&self, arrived_ms: u64, disposition: &str, by: &str, cause: &str) {
         let cdr = Cdr {
             call_id: self.id.clone(),
             sip_call_id: self.sip_call_id.clone(),
@@ -249,7 +254,7 @@ impl Call {
         metrics::counter!("carillon_ivr_ends_total", "disposition" => disposition.to_string(), "cause" => cause.to_string())
             .increment(1);
         info!(%disposition, %cause, "call ended in the IVR; record stored");
-        self.shared.record_writer.store(cdr);
+        self.shared.record_writer.store(cdr).await;
     }
 }
 

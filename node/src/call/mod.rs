@@ -282,7 +282,7 @@ impl Call {
         }
         self.follow_transfer().await;
         crate::recording::finish(&self.shared, &self.media).await;
-        self.store_record();
+        self.store_record().await;
         self.finish_without_record();
     }
 
@@ -992,7 +992,7 @@ impl Call {
         self.shared.sip.dialogs.remove_dialog(&dialog.id());
     }
 
-    fn store_record(&mut self) {
+    async fn store_record(&mut self) {
         let Some(rec) = self.record.take() else {
             return;
         };
@@ -1030,7 +1030,7 @@ impl Call {
         let held_ms = cdr.hold_ms;
         info!(disposition = %cdr.disposition, wait_ms = cdr.wait_ms, held_ms, "call record stored");
         self.shared.counters.record(&cdr);
-        self.shared.record_writer.store(cdr);
+        self.shared.record_writer.store(cdr).await;
     }
 
     fn finish_without_record(&mut self) {

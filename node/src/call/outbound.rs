@@ -151,7 +151,7 @@ impl Outbound {
             crate::recording::finish(&self.shared, media).await;
         }
         if let Some(rec) = record {
-            self.store(rec);
+            self.store(rec).await;
         }
         if let Some(media) = self.media.as_mut() {
             media.stop();
@@ -413,7 +413,7 @@ impl Outbound {
         }
     }
 
-    fn store(&self, rec: carillon_routing::CallRecord) {
+    async fn store(&self, rec: carillon_routing::CallRecord) {
         let counters = self
             .media
             .as_ref()
@@ -452,7 +452,7 @@ impl Outbound {
         };
         info!(disposition = %cdr.disposition, "outbound call record stored");
         self.shared.counters.record(&cdr);
-        self.shared.record_writer.store(cdr);
+        self.shared.record_writer.store(cdr).await;
     }
 }
 
