@@ -13,6 +13,8 @@ use super::ports::free_port;
 
 /// Lines of SIPp output and error log shown in assertion messages.
 const OUTPUT_TAIL_LINES: usize = 30;
+/// The most calls one SIPp instance opens at once (see [`Sipp::calls`]).
+const CALLS_AT_ONCE_MAX: u32 = 30;
 
 /// tests/sipp/`name`.
 pub fn scenario_path(name: &str) -> PathBuf {
@@ -111,7 +113,10 @@ impl Sipp {
         self.args(["-mp".to_string(), media_port.to_string()])
     }
 
-    /// `-m calls -r rate_cps`, and `-l` so that SIPp never exceeds `calls` at once.
+    /// `-m calls -r rate_cps`, and `-l` so that SIPp never has more than
+    /// [`CALLS_AT_ONCE_MAX`] calls open at once: when a loaded machine slows the node, SIPp
+    /// waits instead of opening calls the test's RTP block (76 port pairs, one per caller
+    /// and one per agent leg) cannot hold.
     pub fn calls(self, calls: u32, rate_cps: u32) -> Sipp {
         self.args([
             "-m".to_string(),
@@ -119,7 +124,7 @@ impl Sipp {
             "-r".into(),
             rate_cps.to_string(),
             "-l".into(),
-            calls.to_string(),
+            calls.min(CALLS_AT_ONCE_MAX).to_string(),
         ])
     }
 
