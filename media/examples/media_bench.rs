@@ -1,8 +1,10 @@
 //! The media benchmark from the command line (the node's `carillon bench media` runs the same
 //! [`carillon_media::bench::run`]).
 //!
-//! `cargo run --release -p carillon-media --example media_bench [CALLS_STEP] [CALLS_MAX] [STEP_MS]`
-//! Defaults: steps of 500 calls up to 4500, 3 s each; bounded in steps and time.
+//! `cargo run --release -p carillon-media --example media_bench [CALLS_STEP] [CALLS_MAX] [STEP_MS]
+//! [RTPENGINE_NG_ADDR RTPENGINE_PID]`
+//! Defaults: steps of 500 calls up to 4500, 3 s each; bounded in steps and time. With the last
+//! two, rtpengine is measured instead of our relay.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
@@ -15,6 +17,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     if let Some(ms) = args.next() {
         options.step_ms = ms.parse()?;
+    }
+    if let (Some(ng), Some(pid)) = (args.next(), args.next()) {
+        options.external = Some(carillon_media::bench::ExternalRelay {
+            ng: ng.parse()?,
+            pid: pid.parse()?,
+        });
     }
     let figures = carillon_media::bench::run(&options)?;
     for step in &figures.steps {

@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use nix::sys::socket::{setsockopt, sockopt};
 use tokio::sync::mpsc;
 
+use crate::bench_ng::NgClient;
 use crate::recording::{Recorder, Recording, RecordingTarget};
 use crate::rtp::RtpHeader;
 use crate::{CallMedia, Codec, MediaError, MediaLeg, PortPool};
@@ -58,6 +59,18 @@ pub struct MediaBenchOptions {
     pub recordings_dir: PathBuf,
     /// Also run the recorded steps.
     pub recorded: bool,
+    /// Measure this relay instead of ours (the yardstick); recorded steps are then skipped.
+    pub external: Option<ExternalRelay>,
+}
+
+/// A relay in another process, loaded by the same simulated phones: rtpengine, set up over its
+/// ng control protocol, its CPU time summed over every thread of its process.
+#[derive(Clone, Debug)]
+pub struct ExternalRelay {
+    /// rtpengine's `--listen-ng` address.
+    pub ng: SocketAddr,
+    /// Its process id.
+    pub pid: u32,
 }
 
 impl Default for MediaBenchOptions {
@@ -69,6 +82,7 @@ impl Default for MediaBenchOptions {
             port_min: 10_000,
             recordings_dir: std::env::temp_dir(),
             recorded: true,
+            external: None,
         }
     }
 }
@@ -101,22 +115,25 @@ pub struct MediaBenchFigures {
     /// The largest recorded step under the loss bar (and without recording drops).
     pub recorded_calls_one_core: usize,
     pub steps: Vec<StepFigures>,
+    /// The figures are rtpengine's (`rtpengine_*` lines), not our relay's.
+    pub external: bool,
 }
 
 impl MediaBenchFigures {
     /// `bench: NAME VALUE UNIT` lines.
     pub fn lines(&self) -> Vec<String> {
+        let relay = if self.external { "rtpengine" } else { "relay" };
         let mut lines = vec![
             format!(
-                "bench: relay_calls_one_core {} calls",
+                "bench: {relay}_calls_one_core {} calls",
                 self.relay_calls_one_core
             ),
             format!(
-                "bench: relay_added_p99_ms {:.3} ms",
+                "bench: {relay}_added_p99_ms {:.3} ms",
                 self.relay_added_p99_ms
             ),
             format!(
-                "bench: relay_cpu_us_per_call_second {:.1} us",
+                "bench: {relay}_cpu_us_per_call_second {:.1} us",
                 self.relay_cpu_us_per_call_second
             ),
         ];
@@ -132,8 +149,11 @@ impl MediaBenchFigures {
 
 /// Runs the benchmark: relay-only steps, then (if asked) recorded steps.
 pub fn run(options: &MediaBenchOptions) -> Result<MediaBenchFigures, MediaError> {
-    let mut figures = MediaBenchFigures::default();
-    let modes: &[bool] = if options.recorded {
+    let mut figures = MediaBenchFigures {
+        external: options.external.is_some(),
+        ..MediaBenchFigures::default()
+    };
+    let modes: &[bool] = if options.recorded && options.external.is_none() {
         &[false, true]
     } else {
         &[false]
@@ -174,28 +194,11 @@ pub fn run_step(
     calls: usize,
     recorded: bool,
 ) -> Result<StepFigures, MediaError> {
-    let io_err = |source| MediaError::Io {
-        file: "bench socket".into(),
-        source,
-    };
-    let callers: Vec<UdpSocket> = (0..PHONE_SOCKETS)
-        .map(|_| phone_socket())
-        .collect::<io::Result<_>>()
-        .map_err(io_err)?;
-    let agents: Vec<UdpSocket> = (0..PHONE_SOCKETS)
-        .map(|_| phone_socket())
-        .collect::<io::Result<_>>()
-        .map_err(io_err)?;
-    let caller_addrs: Vec<SocketAddr> = callers
-        .iter()
-        .map(UdpSocket::local_addr)
-        .collect::<io::Result<_>>()
-        .map_err(io_err)?;
-    let agent_addrs: Vec<SocketAddr> = agents
-        .iter()
-        .map(UdpSocket::local_addr)
-        .collect::<io::Result<_>>()
-        .map_err(io_err)?;
+    if let Some(external) = &options.external {
+        return run_step_external(options, external, calls);
+    }
+    let (callers, caller_addrs) = phone_sockets()?;
+    let (agents, agent_addrs) = phone_sockets()?;
     let recordings = if recorded {
         Some(
             tempdir_in(&options.recordings_dir).map_err(|source| MediaError::Io {
@@ -325,6 +328,105 @@ pub fn run_step(
         let _ = std::fs::remove_dir_all(dir);
     }
 
+    Ok(step_figures(
+        &load,
+        calls,
+        recorded,
+        wall,
+        cpu,
+        recording_dropped,
+    ))
+}
+
+/// One step against an external relay: the calls are set up over ng, loaded, then deleted.
+fn run_step_external(
+    options: &MediaBenchOptions,
+    external: &ExternalRelay,
+    calls: usize,
+) -> Result<StepFigures, MediaError> {
+    let (callers, caller_addrs) = phone_sockets()?;
+    let (agents, agent_addrs) = phone_sockets()?;
+    let mut ng = NgClient::connect(external.ng)?;
+    let run_tag = format!("{}-{calls}", std::process::id());
+    let mut nodes = Vec::with_capacity(calls);
+    let mut made = 0;
+    let mut setup = || {
+        for i in 0..calls {
+            nodes.push(ng.bridge(
+                &format!("bench-{run_tag}-{i}"),
+                caller_addrs[i % PHONE_SOCKETS],
+                agent_addrs[i % PHONE_SOCKETS],
+            )?);
+            made += 1;
+        }
+        Ok::<(), MediaError>(())
+    };
+    let figures = setup().and_then(|()| {
+        let mut load = Load::new(calls, &nodes, callers, agents);
+        let cpu_start = process_cpu_ns(external.pid)?;
+        let wall = Instant::now();
+        load.run(Duration::from_millis(options.step_ms));
+        let cpu = Duration::from_nanos(process_cpu_ns(external.pid)?.saturating_sub(cpu_start));
+        let wall = wall.elapsed();
+        load.drain(DRAIN_TIME);
+        Ok(step_figures(&load, calls, false, wall, cpu, 0))
+    });
+    // Delete what was made even when the step failed, so the next step starts clean.
+    for i in 0..made {
+        ng.delete(&format!("bench-{run_tag}-{i}"))?;
+    }
+    figures
+}
+
+/// CPU time so far of every thread of process `pid`, in nanoseconds.
+fn process_cpu_ns(pid: u32) -> Result<u64, MediaError> {
+    let tasks = PathBuf::from(format!("/proc/{pid}/task"));
+    let io = |source| MediaError::Io {
+        file: tasks.display().to_string(),
+        source,
+    };
+    let mut total = 0u64;
+    for task in std::fs::read_dir(&tasks).map_err(io)? {
+        let path = task.map_err(io)?.path().join("schedstat");
+        // A thread that ended between the listing and the read adds nothing.
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        total += text
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    Ok(total)
+}
+
+/// One side's phone sockets and their addresses.
+fn phone_sockets() -> Result<(Vec<UdpSocket>, Vec<SocketAddr>), MediaError> {
+    let io_err = |source| MediaError::Io {
+        file: "bench socket".into(),
+        source,
+    };
+    let sockets: Vec<UdpSocket> = (0..PHONE_SOCKETS)
+        .map(|_| phone_socket())
+        .collect::<io::Result<_>>()
+        .map_err(io_err)?;
+    let addrs: Vec<SocketAddr> = sockets
+        .iter()
+        .map(UdpSocket::local_addr)
+        .collect::<io::Result<_>>()
+        .map_err(io_err)?;
+    Ok((sockets, addrs))
+}
+
+fn step_figures(
+    load: &Load,
+    calls: usize,
+    recorded: bool,
+    wall: Duration,
+    cpu: Duration,
+    recording_dropped: u64,
+) -> StepFigures {
     let received = load.received;
     let sent = load.sent;
     let mut loss = if sent == 0 {
@@ -337,7 +439,7 @@ pub fn run_step(
         loss = loss.max(recording_dropped as f64 / sent.max(1) as f64);
     }
     let call_seconds = calls as f64 * wall.as_secs_f64();
-    Ok(StepFigures {
+    StepFigures {
         calls,
         recorded,
         packets_sent: sent,
@@ -347,7 +449,7 @@ pub fn run_step(
         added_p99_ms: load.percentile_ms(0.99),
         cpu_us_per_call_second: cpu.as_secs_f64() * 1e6 / call_seconds.max(1e-9),
         relay_core_share: cpu.as_secs_f64() / wall.as_secs_f64().max(1e-9),
-    })
+    }
 }
 
 fn phone_socket() -> io::Result<UdpSocket> {
@@ -521,6 +623,7 @@ mod tests {
             port_min: 44_000,
             recordings_dir: std::env::temp_dir(),
             recorded: true,
+            external: None,
         };
         let figures = run(&options).expect("bench runs");
         assert_eq!(figures.steps.len(), 2, "{figures:?}");

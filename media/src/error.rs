@@ -34,6 +34,10 @@ pub enum MediaError {
         #[source]
         source: std::io::Error,
     },
+    /// A relay outside this process, driven by the media benchmark, failed or answered
+    /// something we cannot use.
+    #[error("{relay}: {reason}")]
+    External { relay: String, reason: String },
     /// A port range that cannot hold one RTP/RTCP pair.
     #[error("invalid RTP port range {min}-{max}: {reason}")]
     PortRange {

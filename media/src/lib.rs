@@ -20,6 +20,7 @@
 //! untouched), jitter buffering beyond the mixer's three frames.
 
 pub mod bench;
+mod bench_ng;
 pub mod codec;
 pub mod dtmf;
 mod error;

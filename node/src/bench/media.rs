@@ -1,6 +1,7 @@
 //! `carillon bench media`: the RTP relay on one core (a current-thread runtime on its own
 //! thread) against simulated phones on loopback, stepping the number of concurrent G.711
-//! calls until loss passes 0.1%; then the same with every call recorded.
+//! calls until loss passes 0.1%; then the same with every call recorded. With
+//! `--rtpengine-ng`, the same phones load rtpengine instead: the yardstick, on this machine.
 
 use std::path::PathBuf;
 
@@ -23,6 +24,13 @@ pub struct MediaBenchArgs {
     /// Skip the recorded runs.
     #[arg(long)]
     pub no_recording: bool,
+    /// Measure rtpengine instead of our relay (the yardstick), set up over its ng control
+    /// protocol at this address; needs --rtpengine-pid. scripts/bench-rtpengine.sh starts one.
+    #[arg(long, requires = "rtpengine_pid")]
+    pub rtpengine_ng: Option<std::net::SocketAddr>,
+    /// rtpengine's process id, whose threads' CPU time is measured.
+    #[arg(long, requires = "rtpengine_ng")]
+    pub rtpengine_pid: Option<u32>,
 }
 
 pub fn run(args: &MediaBenchArgs) -> anyhow::Result<()> {
@@ -39,6 +47,10 @@ pub fn run(args: &MediaBenchArgs) -> anyhow::Result<()> {
         port_min: args.port_min,
         recordings_dir: dir.clone(),
         recorded: !args.no_recording,
+        external: args
+            .rtpengine_ng
+            .zip(args.rtpengine_pid)
+            .map(|(ng, pid)| carillon_media::bench::ExternalRelay { ng, pid }),
     };
     let figures = carillon_media::bench::run(&options);
     let _ = std::fs::remove_dir_all(&dir);
