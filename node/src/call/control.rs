@@ -113,7 +113,7 @@ pub(super) struct ControlState {
     /// its dialog.
     pub(super) states: Option<DialogStateReceiver>,
     pub(super) sdp: Option<hold::LegSdp>,
-    external: Option<InviteDialog>,
+    pub(super) external: Option<InviteDialog>,
     dials_tx: mpsc::Sender<TransferDial>,
     pub(super) dials_rx: mpsc::Receiver<TransferDial>,
 }
@@ -404,6 +404,17 @@ impl Call {
             .as_ref()
             .map(|c| c.gateway)
             .ok_or_else(|| ControlError::Refused(NO_GATEWAY.into()))?;
+        self.dial_via(gateway, number, purpose, ring_ms)
+    }
+
+    /// As [`Call::dial_gateway`], through `gateway` (an IVR transfer step may name its own).
+    pub(super) fn dial_via(
+        &mut self,
+        gateway: std::net::SocketAddr,
+        number: &str,
+        purpose: DialPurpose,
+        ring_ms: u64,
+    ) -> Result<GatewayDial, ControlError> {
         let port = self.shared.ports.allocate().map_err(|e| {
             ControlError::Refused(format!("no RTP port for a leg to {number}: {e}"))
         })?;
@@ -542,16 +553,16 @@ impl Call {
     }
 
     /// After a transfer to a number: relays nothing (the media task bridges caller and
-    /// number), answers re-INVITEs, and hangs up one side when the other does.
-    pub(super) async fn follow_transfer(&mut self) {
-        let Some(external) = self.control.external.take() else {
-            return;
-        };
+    /// number), answers re-INVITEs, and hangs up one side when the other does. Returns who
+    /// ended it; `None` when there was no transfer to follow.
+    pub(super) async fn follow_transfer(&mut self) -> Option<TransferEnd> {
+        let external = self.control.external.take()?;
         let Some(mut states) = self.control.states.take() else {
             self.remove_dialog(&external);
             external.bye().await.ok();
-            return;
+            return Some(TransferEnd::Node);
         };
+        let mut end = TransferEnd::Node;
         let longest = tokio::time::sleep(Duration::from_millis(TRANSFERRED_CALL_MAX_MS));
         tokio::pin!(longest);
         loop {
@@ -561,6 +572,7 @@ impl Call {
                         info!("the caller hung up on the transferred call");
                         self.remove_dialog(&external);
                         external.bye().await.ok();
+                        end = TransferEnd::Caller;
                         break;
                     }
                     Some(st @ DialogState::Updated(..)) => self.on_caller_state(st).await,
@@ -571,6 +583,7 @@ impl Call {
                         info!("the number hung up on the transferred call");
                         self.remove_dialog(&external);
                         self.caller_dialog.bye().await.ok();
+                        end = TransferEnd::Number;
                         break;
                     }
                     Some(DialogState::Updated(_, req, handle)) => {
@@ -606,7 +619,17 @@ impl Call {
         if let Some(rec) = self.record.as_mut() {
             rec.ended_at = now_ms();
         }
+        Some(end)
     }
+}
+
+/// Who ended a call after its transfer to a number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum TransferEnd {
+    Caller,
+    Number,
+    /// The API's hang-up, the longest a transferred call is followed, or a lost leg.
+    Node,
 }
 
 /// Answers an in-dialog request on a leg the node holds alone (a transferred-to or

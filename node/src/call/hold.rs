@@ -71,6 +71,11 @@ impl LegSdp {
         is_hold(self.remote)
     }
 
+    /// The direction the far end last offered (sendrecv until it re-offers).
+    pub fn offered(&self) -> Direction {
+        self.remote
+    }
+
     /// Answers a re-INVITE from the far end. An empty body (a re-INVITE without an offer)
     /// gets our description as it stands, and changes nothing.
     pub fn on_reoffer(&mut self, body: &str) -> Result<Reoffer, HoldError> {

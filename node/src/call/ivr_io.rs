@@ -6,32 +6,37 @@
 //! A flow that ends in a queue hands the call back to the call task, which enqueues it
 //! with the flow's priority and skills. Every other end (voicemail, transfer, hang-up, the
 //! caller leaving) happens here and stores the call's record at once: such a call never
-//! entered routing. Its disposition is `ivr` (cause `hangup`, `transfer`, `caller-hangup`,
-//! `failed`) or `voicemail` (cause `ivr`).
+//! entered routing. Its disposition is `ivr` (cause `hangup`, `transfer`, `transfer-failed`,
+//! `failed`), `voicemail`, or `abandoned` when the caller hung up (both cause `ivr`).
 //!
-//! Transfer sends the caller's trunk a REFER to `sip:<number>@<gateway>` (RFC 3515) and
-//! hangs up once the trunk accepts it: the trunk places the new call, so the node keeps no
-//! media for it.
+//! Transfer dials `sip:<number>@<gateway>` as a blind transfer to a number does
+//! ([`super::control`]): the caller hears the hold music while it rings, then is bridged to
+//! it, and the node follows both legs until either hangs up. The record (disposition `ivr`,
+//! cause `transfer`) says `transfer: ivr:<number>`, when the number answered, and the RTP
+//! relayed each way; a number that does not answer gets the caller hung up on (cause
+//! `transfer-failed`).
 //!
 //! Look-ups are plain HTTP/1.1 POSTs with a JSON body and `Connection: close`; the reply
 //! must be 2xx with a JSON body of at most [`LOOKUP_REPLY_BYTES_MAX`] bytes, sent with a
 //! Content-Length or closed at its end (chunked replies are refused).
 
 use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use carillon_media::Prompt;
+use carillon_media::{MediaLeg, Prompt};
 use carillon_ops::records::Cdr;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::oneshot;
 use tracing::{info, warn};
 
+use super::control::{DialPurpose, GatewayDial, TransferEnd, TRANSFER_RING_MS};
 use super::{recv_dtmf, Call};
 use crate::clock::now_ms;
 use crate::ivr::{Action, CallInfo, Event, Flow, FlowRun, Outcome};
-use crate::sip::{rsip, DialogState};
+use crate::sip::DialogState;
 
 /// Largest look-up reply read (headers and body).
 pub const LOOKUP_REPLY_BYTES_MAX: u64 = 64 * 1024;
@@ -172,17 +177,8 @@ impl Call {
                     .await;
                 None
             }
-            Outcome::Transfer { target } => {
-                let cause = match self.refer(&target).await {
-                    Ok(()) => "transfer",
-                    Err(e) => {
-                        warn!(%target, error = %e, "transfer failed; hanging up");
-                        "transfer-failed"
-                    }
-                };
-                self.caller_dialog.bye().await.ok();
-                self.store_ivr_record(arrived_ms, "ivr", "system", cause)
-                    .await;
+            Outcome::Transfer { number, gateway } => {
+                self.transfer_from_ivr(arrived_ms, &number, gateway).await;
                 None
             }
             Outcome::HangUp { prompt } => {
@@ -210,23 +206,105 @@ impl Call {
         }
     }
 
-    /// Asks the caller's trunk to call `target` instead (REFER); Ok once it accepts.
-    async fn refer(&self, target: &str) -> Result<(), String> {
-        let refer_to = rsip::headers::ReferTo::new(format!("<{target}>"));
-        match self.caller_dialog.refer(refer_to, None, None).await {
-            Ok(Some(r)) if r.status_code.kind() == rsip::StatusCodeKind::Successful => {
-                info!(%target, "the trunk accepted the transfer");
-                Ok(())
+    /// Dials `number` through `gateway` while the caller hears the hold music; on an
+    /// answer bridges the caller to it and follows both legs until either hangs up (as a
+    /// blind transfer to a number does), then stores the record: disposition `ivr`, cause
+    /// `transfer`, `transfer: ivr:<number>`, answered when the number answered. A number
+    /// that does not answer within [`TRANSFER_RING_MS`] or refuses gets the caller hung up
+    /// on, cause `transfer-failed`.
+    async fn transfer_from_ivr(&mut self, arrived_ms: u64, number: &str, gateway: SocketAddr) {
+        self.control.transfer = Some(format!("ivr:{number}"));
+        let dial = match self.dial_via(gateway, number, DialPurpose::Transfer, TRANSFER_RING_MS) {
+            Ok(d) => d,
+            Err(e) => {
+                warn!(%number, error = %e, "IVR transfer cannot dial; hanging up");
+                return self.ivr_transfer_failed(arrived_ms).await;
             }
-            Ok(Some(r)) => Err(format!("the trunk answered {}", r.status_code)),
-            Ok(None) => Err("no answer to the REFER".into()),
-            Err(e) => Err(e.to_string()),
-        }
+        };
+        info!(%number, %gateway, "IVR transfer: dialling the number; the caller hears hold music");
+        self.media.play_loop(self.shared.hold_music.clone());
+        let GatewayDial {
+            dialog,
+            states,
+            sdp,
+        } = dial;
+        let outcome = loop {
+            tokio::select! {
+                Some(d) = self.control.dials_rx.recv() => break d,
+                st = self.caller_states.recv() => match st {
+                    Some(DialogState::Terminated(..)) | None => {
+                        info!(%number, "caller hung up while the IVR transfer rang");
+                        self.media.stop_playback();
+                        dialog.cancel().await.ok();
+                        // The dial reports soon after the CANCEL; an answer that crossed
+                        // it is hung up.
+                        let wait = Duration::from_millis(super::RECORD_WAIT_MS);
+                        if let Ok(Some(d)) = tokio::time::timeout(wait, self.control.dials_rx.recv()).await {
+                            if d.answered() {
+                                self.remove_dialog(&d.dialog);
+                                d.dialog.bye().await.ok();
+                            }
+                        }
+                        self.remove_dialog(&dialog);
+                        self.store_ivr_record(arrived_ms, "abandoned", "caller", "ivr").await;
+                        return;
+                    }
+                    Some(st @ DialogState::Updated(..)) => self.on_caller_state(st).await,
+                    Some(_) => {}
+                },
+            }
+        };
+        let (remote, codec) = match outcome.remote_audio() {
+            Ok(x) => x,
+            Err(why) => {
+                info!(%number, %why, "IVR transfer: the number did not take the call; hanging up");
+                if outcome.answered() {
+                    self.remove_dialog(&outcome.dialog);
+                    outcome.dialog.bye().await.ok();
+                }
+                self.remove_dialog(&dialog);
+                self.media.stop_playback();
+                metrics::counter!("carillon_transfers_failed_total", "to" => "ivr").increment(1);
+                return self.ivr_transfer_failed(arrived_ms).await;
+            }
+        };
+        self.media
+            .bridge(MediaLeg::new(outcome.port, codec, Some(remote)));
+        let answered_ms = now_ms();
+        info!(%number, "IVR transfer: the number answered; caller bridged to it");
+        metrics::counter!("carillon_transfers_total", "to" => "ivr").increment(1);
+        self.control.external = Some(outcome.dialog);
+        self.control.states = Some(states);
+        self.control.sdp = Some(sdp);
+        let by = match self.follow_transfer().await {
+            Some(TransferEnd::Caller) => "caller",
+            _ => "system",
+        };
+        let mut cdr = self.ivr_cdr(arrived_ms, "ivr", by, "transfer");
+        cdr.answered_at_ms = Some(answered_ms);
+        let counters = self.media.counters();
+        cdr.rtp_caller_to_agent = counters.caller_to_agent_packets;
+        cdr.rtp_agent_to_caller = counters.agent_to_caller_packets;
+        cdr.ended_by = self.control.ended_by.clone();
+        self.store_ivr_cdr(cdr).await;
+    }
+
+    /// The caller is hung up on after a transfer that could not be made.
+    async fn ivr_transfer_failed(&mut self, arrived_ms: u64) {
+        self.caller_dialog.bye().await.ok();
+        self.store_ivr_record(arrived_ms, "ivr", "system", "transfer-failed")
+            .await;
     }
 
     /// The record of a call that ended in its flow.
     async fn store_ivr_record(&self, arrived_ms: u64, disposition: &str, by: &str, cause: &str) {
-        let cdr = Cdr {
+        self.store_ivr_cdr(self.ivr_cdr(arrived_ms, disposition, by, cause))
+            .await;
+    }
+
+    /// The record of a call that ended in its flow, to be completed by a transfer.
+    fn ivr_cdr(&self, arrived_ms: u64, disposition: &str, by: &str, cause: &str) -> Cdr {
+        Cdr {
             call_id: self.id.clone(),
             sip_call_id: self.sip_call_id.clone(),
             caller: self.caller.clone(),
@@ -249,9 +327,16 @@ impl Call {
             hold_ms: 0,
             ended_by: None,
             direction: "inbound".into(),
-            transfer: None,
-        };
-        metrics::counter!("carillon_ivr_ends_total", "disposition" => disposition.to_string(), "cause" => cause.to_string())
+            transfer: self.control.transfer.clone(),
+        }
+    }
+
+    async fn store_ivr_cdr(&self, cdr: Cdr) {
+        let (disposition, cause) = (
+            cdr.disposition.clone(),
+            cdr.cause.clone().unwrap_or_default(),
+        );
+        metrics::counter!("carillon_ivr_ends_total", "disposition" => disposition.clone(), "cause" => cause.clone())
             .increment(1);
         info!(%disposition, %cause, "call ended in the IVR; record stored");
         self.shared.record_writer.store(cdr).await;

@@ -18,7 +18,9 @@
 //! Either side may put the other on hold by re-INVITE ([`hold`]): the agent's hold plays
 //! the hold music to the caller until the agent resumes; the caller's is answered and
 //! relayed to the agent leg as a re-INVITE with the caller's direction, so the phone (or
-//! the inter-node leg) shows it, and the caller's resume likewise.
+//! the inter-node leg) shows it, and the caller's resume likewise. A caller who holds
+//! while still queued (or while the agent rings) is relayed the same way right after the
+//! agent answers.
 
 mod callback;
 mod consult;
@@ -537,6 +539,12 @@ impl Call {
                 if self.callback.number.is_none() {
                     let (id, queue, caller) = (&self.id, &self.queue, &self.caller);
                     crate::recording::start(&self.shared, &self.media, id, &agent, queue, caller);
+                    // A hold the caller began while queued or while the agent rang: the
+                    // agent's phone learns of it now, as of a hold during the call.
+                    if self.caller_sdp.is_held() {
+                        info!(%agent, "the caller holds since before the answer; relaying the hold");
+                        self.relay_hold_to_agent(self.caller_sdp.offered());
+                    }
                 }
             }
             Err(ProposeError::Refused(e)) => {

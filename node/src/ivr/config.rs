@@ -488,9 +488,7 @@ fn step_kind(
                             .to_string(),
                     )
                 })?;
-            StepKind::Transfer {
-                target: format!("sip:{number}@{gateway}"),
-            }
+            StepKind::Transfer { number, gateway }
         }
         "hangup" => StepKind::Hangup {
             prompt: prompt(false)?,

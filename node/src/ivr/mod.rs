@@ -18,6 +18,7 @@ pub mod config;
 pub mod live;
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -100,7 +101,8 @@ pub enum StepKind {
         mailbox: String,
     },
     Transfer {
-        target: String,
+        number: String,
+        gateway: SocketAddr,
     },
     Hangup {
         prompt: Option<PathBuf>,
@@ -156,9 +158,10 @@ pub enum Outcome {
     Voicemail {
         mailbox: String,
     },
-    /// Hand the caller to `target` (a SIP URI) through their trunk.
+    /// Dial `number` through `gateway` and bridge the caller to it.
     Transfer {
-        target: String,
+        number: String,
+        gateway: SocketAddr,
     },
     HangUp {
         prompt: Option<PathBuf>,
@@ -500,9 +503,10 @@ impl FlowRun {
                         mailbox: mailbox.clone(),
                     })
                 }
-                StepKind::Transfer { target } => {
+                StepKind::Transfer { number, gateway } => {
                     return self.finish(Outcome::Transfer {
-                        target: target.clone(),
+                        number: number.clone(),
+                        gateway: *gateway,
                     })
                 }
                 StepKind::Hangup { prompt } => {

@@ -334,6 +334,44 @@ fn a_caller_looping_through_the_menu_is_stopped() {
 }
 
 #[test]
+fn transfer_dials_the_number_through_its_gateway_else_the_callback_gateway() {
+    let text = |gateway: &str| {
+        format!(
+            "[[flows]]\nname = \"utility\"\nstart = \"out\"\n[[flows.steps]]\nid = \"out\"\n\
+             kind = \"transfer\"\nnumber = \"5550177\"\n{gateway}"
+        )
+    };
+    let outcome = |text: &str| {
+        let c = load(text).expect(text);
+        let flow = Arc::new(config::flow(&c, "utility").expect("flow"));
+        let info = CallInfo {
+            call: "c1".into(),
+            caller: "5551000".into(),
+            dialled: "100".into(),
+        };
+        FlowRun::start(flow, info, BTreeMap::new(), 1_000).1
+    };
+    let own = outcome(&text("gateway = \"127.0.0.1:5099\"\n"));
+    assert_eq!(
+        own,
+        Action::Finish(Outcome::Transfer {
+            number: "5550177".into(),
+            gateway: "127.0.0.1:5099".parse().expect("an address"),
+        })
+    );
+    let callback = format!("{}[callback]\ngateway = \"127.0.0.1:5098\"\n", text(""));
+    assert_eq!(
+        outcome(&callback),
+        Action::Finish(Outcome::Transfer {
+            number: "5550177".into(),
+            gateway: "127.0.0.1:5098".parse().expect("an address"),
+        })
+    );
+    let e = load(&text("")).expect_err("no gateway anywhere");
+    assert!(e.contains("flows[0].steps[0].gateway"), "{e}");
+}
+
+#[test]
 fn validation_names_the_key() {
     let err = |text: &str| load(text).expect_err(text);
     let bad_key = UTILITY.replace("\"3\" = \"agent\"", "\"9\" = \"nowhere\"");

@@ -13,11 +13,12 @@ use std::process::Command;
 use std::time::Duration;
 
 use carillon_ops::api::v1 as pb;
-use toml::{Table, Value as Toml};
 use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
 
-use crate::harness::{agent_phone, agents_csv, carillon_bin, ctl, register, Node, NodeSpec, Sipp};
+use crate::harness::{
+    agent_phone, agents_csv, carillon_bin, ctl, register, Grant, Node, NodeSpec, Sipp,
+};
 
 const ADMIN: &str = "admin-token-0001";
 const SUPERVISOR: &str = "super-token-0001";
@@ -29,23 +30,13 @@ const CALL_TIMEOUT_MS: u64 = 10_000;
 /// The test cast plus three API tokens.
 fn spec() -> NodeSpec {
     let mut spec = NodeSpec::for_test();
-    let grant = |role: &str, agent: Option<&str>, name: &str| {
-        let mut t = Table::new();
-        t.insert("role".into(), role.into());
-        if let Some(a) = agent {
-            t.insert("agent".into(), a.into());
-        }
-        t.insert("name".into(), name.into());
-        Toml::Table(t)
-    };
-    let mut tokens = Table::new();
-    tokens.insert(ADMIN.into(), grant("admin", None, "ops"));
-    tokens.insert(SUPERVISOR.into(), grant("supervisor", None, "sup"));
-    tokens.insert(
-        AGENT_1001.into(),
-        grant("agent", Some("1001"), "agent-1001"),
-    );
-    spec.set("grpc", "tokens", Toml::Table(tokens));
+    spec.set_tokens([
+        Grant::new(ADMIN, "admin").name("ops"),
+        Grant::new(SUPERVISOR, "supervisor").name("sup"),
+        Grant::new(AGENT_1001, "agent")
+            .agent("1001")
+            .name("agent-1001"),
+    ]);
     spec
 }
 

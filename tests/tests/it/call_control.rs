@@ -9,12 +9,12 @@
 use std::time::{Duration, Instant};
 
 use carillon_ops::api::v1 as pb;
-use toml::{Table, Value as Toml};
 use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
 
 use crate::harness::{
-    agents_csv, cdr_str, cdr_u64, ctl, free_port, register, Node, NodeSpec, Sipp, SippProcess,
+    agents_csv, cdr_str, cdr_u64, ctl, free_port, register, Grant, Node, NodeSpec, Sipp,
+    SippProcess,
 };
 
 const ADMIN: &str = "cc-admin-token";
@@ -30,27 +30,16 @@ const HOLD_MUSIC_PACKETS_MIN: u64 = 25;
 /// The test cast, four API tokens, and the gateway at `gateway_port`.
 fn spec(gateway_port: u16) -> NodeSpec {
     let mut spec = NodeSpec::for_test();
-    let grant = |role: &str, agent: Option<&str>, name: &str| {
-        let mut t = Table::new();
-        t.insert("role".into(), role.into());
-        if let Some(a) = agent {
-            t.insert("agent".into(), a.into());
-        }
-        t.insert("name".into(), name.into());
-        Toml::Table(t)
-    };
-    let mut tokens = Table::new();
-    tokens.insert(ADMIN.into(), grant("admin", None, "ops"));
-    tokens.insert(SUPERVISOR.into(), grant("supervisor", None, "sup"));
-    tokens.insert(
-        AGENT_1001.into(),
-        grant("agent", Some("1001"), "agent-1001"),
-    );
-    tokens.insert(
-        AGENT_1002.into(),
-        grant("agent", Some("1002"), "agent-1002"),
-    );
-    spec.set("grpc", "tokens", Toml::Table(tokens));
+    spec.set_tokens([
+        Grant::new(ADMIN, "admin").name("ops"),
+        Grant::new(SUPERVISOR, "supervisor").name("sup"),
+        Grant::new(AGENT_1001, "agent")
+            .agent("1001")
+            .name("agent-1001"),
+        Grant::new(AGENT_1002, "agent")
+            .agent("1002")
+            .name("agent-1002"),
+    ]);
     spec.set("callback", "gateway", format!("127.0.0.1:{gateway_port}"));
     spec
 }

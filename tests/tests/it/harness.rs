@@ -21,7 +21,7 @@ use std::process::Command;
 use std::time::Duration;
 
 pub use cluster::TestCluster;
-pub use node::{carillon_bin, workspace_dir, Node, NodeSpec};
+pub use node::{carillon_bin, workspace_dir, Grant, Node, NodeSpec};
 pub use ports::free_port;
 pub use sipp::{Sipp, SippOutcome, SippProcess};
 

@@ -2,7 +2,8 @@
 //! `a=recvonly` back and its resume `a=sendrecv` (the SIPp scenario fails otherwise); the
 //! caller hears hold music meanwhile (the node counts the packets) and the agent again
 //! after. A caller that holds gets the same answers, and the node relays its hold and
-//! resume to the agent's phone as re-INVITEs (that scenario fails unless both come).
+//! resume to the agent's phone as re-INVITEs (that scenario fails unless both come), also
+//! when the caller held while still queued, before any agent answered.
 //! Both again in a two-node cluster, the caller at n1 and the agent's phone at n2, so the
 //! hold crosses the inter-node leg both ways.
 
@@ -19,6 +20,9 @@ use crate::harness::{
 
 /// How long each side stays on hold (the scenarios' `-d` pause).
 const HOLD_MS: &str = "1500";
+/// How long a caller who holds while queued stays on hold: the agent registers and answers
+/// meanwhile.
+const EARLY_HOLD_MS: &str = "6000";
 /// Hold music packets (20 ms each) the caller must at least get in a hold of [`HOLD_MS`].
 const HOLD_MUSIC_PACKETS_MIN: u64 = 25;
 
@@ -135,6 +139,48 @@ fn caller_holds_and_resumes() {
     assert_eq!(holds_total(&node, "caller"), 1);
 }
 
+/// A caller at `node` who waits in the queue (no agent yet), holds a second after the node
+/// answers and stays on hold for [`EARLY_HOLD_MS`], long enough for an agent to register
+/// and answer; returned once the node has seen the hold.
+fn caller_holding_in_queue(node: &Node, number: &str) -> SippProcess {
+    let caller = Sipp::uac("caller_hold.xml", node.sip, node.dir(), "caller")
+        .media_port(node.sipp_media_port())
+        .args(["-s", "100", "-d", EARLY_HOLD_MS])
+        .key("caller", number)
+        .calls(1, 1)
+        .spawn();
+    node.wait_until("the queued caller holds", Duration::from_secs(10), |n| {
+        n.log_plain().contains("call put on hold")
+    });
+    caller
+}
+
+#[test]
+fn caller_hold_while_queued_is_relayed_when_the_agent_answers() {
+    let node = Node::start(NodeSpec::for_test());
+    let caller = caller_holding_in_queue(&node, "5551024");
+    let phone = agent_phone(&node, "agent_held.xml");
+    caller
+        .wait(Duration::from_secs(30))
+        .assert_success("the node answers the queued caller's hold and resume");
+    phone.wait(Duration::from_secs(10)).assert_success(
+        "the agent's phone, answering after the caller held, gets the hold (a=sendonly), then the resume",
+    );
+
+    let cdrs = node.wait_cdrs(1, Duration::from_secs(5));
+    let cdr = &cdrs[0];
+    assert_eq!(cdr_str(cdr, "disposition"), "answered", "CDR: {cdr}");
+    assert_eq!(cdr_str(cdr, "hangup_by"), "caller", "CDR: {cdr}");
+    assert!(cdr_u64(cdr, "rtp_caller_to_agent") > 0, "CDR: {cdr}");
+    let log = node.log_plain();
+    assert!(
+        log.contains("the caller holds since before the answer"),
+        "the hold was relayed at the answer:\n{}",
+        node.log_tail()
+    );
+    assert_eq!(holds_total(&node, "caller"), 1);
+}
+
 /// A two-node cluster with agent 1001's phone (running `scenario`) registered at n2.
 fn cluster_with_phone_at_n2(scenario: &str) -> (TestCluster, SippProcess) {
     let cluster = TestCluster::start(&["hq", "branch"], |_, _| {});
@@ -196,4 +242,25 @@ fn cluster_caller_holds_across_nodes() {
         cdrs[0]
     );
     assert_eq!(holds_total(n1, "caller"), 1);
+}
+
+#[test]
+fn cluster_caller_hold_while_queued_reaches_the_agent_at_another_node() {
+    let cluster = TestCluster::start(&["hq", "branch"], |_, _| {});
+    let n1 = cluster.node(0);
+    let caller = caller_holding_in_queue(n1, "5551025");
+    let phone = agent_phone(cluster.node(1), "agent_held.xml");
+    caller
+        .wait(Duration::from_secs(30))
+        .assert_success("n1 answers the queued caller's hold and resume");
+    phone.wait(Duration::from_secs(10)).assert_success(
+        "the hold from before the answer crosses to the phone at n2, then the resume",
+    );
+    let cdrs = n1.wait_cdrs(1, Duration::from_secs(10));
+    assert_eq!(
+        cdr_str(&cdrs[0], "disposition"),
+        "answered",
+        "CDR: {}",
+        cdrs[0]
+    );
 }

@@ -1,7 +1,9 @@
 //! IVR flows through a real node and SIPp callers: RFC 4733 and in-band keys drive the
 //! menu to the high-priority queue (an agent answers; the CDR names the queue, the log the
 //! priority); collected digits go to an HTTP look-up (a tiny server here) whose reply picks
-//! the queue; an invalid key is retried and a silent caller is hung up on.
+//! the queue; an invalid key is retried and a silent caller is hung up on; a key that leads
+//! to a `transfer` step has the node dial the number through a gateway (a SIPp UAS) and
+//! bridge the caller to it.
 //!
 //! Prompts are tones the test writes with the media crate, so nothing needs espeak-ng.
 
@@ -17,13 +19,15 @@ use std::time::Duration;
 use carillon_media::{tone, Codec};
 
 use crate::harness::{
-    cdr_str, ready_agent_1001, spec_from_text, workspace_dir, Node, NodeSpec, Sipp,
+    cdr_str, cdr_u64, ready_agent_1001, spec_from_text, workspace_dir, Grant, Node, NodeSpec, Sipp,
 };
 
 /// The agent phone hangs up this long after answering.
 const TALK_MS: &str = "1500";
 /// How long a SIPp caller waits after the 200 before keying (the menu prompt lasts 1 s).
 const KEY_AFTER_MS: &str = "1500";
+/// The number the menu's key 4 transfers the caller to.
+const TRANSFER_NUMBER: &str = "5550177";
 
 /// Prompt WAVs (tones: each step its own pitch) in a directory that outlives the node.
 fn prompts() -> tempfile::TempDir {
@@ -43,9 +47,15 @@ fn prompts() -> tempfile::TempDir {
 
 /// A node with agent 1001 (skill support), queues support and outage, and number 300
 /// running the utility flow: 1 outage (priority 9), 2 account number and look-up at
-/// `lookup_port`, 3 support, 0 repeat; an invalid key or silence is retried once, then the
-/// caller hears goodbye and is hung up on.
+/// `lookup_port`, 3 support, 4 a transfer to [`TRANSFER_NUMBER`] through a gateway that
+/// nothing answers, 0 repeat; an invalid key or silence is retried once, then the caller
+/// hears goodbye and is hung up on.
 fn spec(prompts: &Path, lookup_port: u16) -> NodeSpec {
+    spec_with_gateway(prompts, lookup_port, unused_port())
+}
+
+/// As [`spec`], with key 4's transfer going through the gateway at `gateway_port`.
+fn spec_with_gateway(prompts: &Path, lookup_port: u16, gateway_port: u16) -> NodeSpec {
     let hold = workspace_dir().join("examples/prompts/hold.wav");
     let p = |name: &str| prompts.join(format!("{name}.wav")).display().to_string();
     let text = format!(
@@ -91,7 +101,7 @@ prompt_dir = "{prompt_dir}"
 id = "menu"
 kind = "menu"
 prompt = "{menu}"
-keys = {{ "1" = "outage", "2" = "account", "3" = "agent", "0" = "menu" }}
+keys = {{ "1" = "outage", "2" = "account", "3" = "agent", "4" = "transfer", "0" = "menu" }}
 timeout_s = 3
 retries = 1
 on_invalid = "bye"
@@ -128,6 +138,11 @@ kind = "branch"
 var = "status"
 equals = {{ "overdue" = "outage" }}
 default = "agent"
+[[flows.steps]]
+id = "transfer"
+kind = "transfer"
+number = "{TRANSFER_NUMBER}"
+gateway = "127.0.0.1:{gateway_port}"
 [[flows.steps]]
 id = "bye"
 kind = "hangup"
@@ -323,23 +338,73 @@ fn invalid_key_is_retried_then_a_silent_caller_is_hung_up_on() {
 }
 
 #[test]
+fn menu_key_transfers_the_caller_to_a_number_through_the_gateway() {
+    let prompts = prompts();
+    let gateway_port = crate::harness::free_port();
+    let node = Node::start(spec_with_gateway(
+        prompts.path(),
+        unused_port(),
+        gateway_port,
+    ));
+    // Key 4, then 3 s more of the caller's audio (silence) for the number to echo.
+    write_keys(node.dir(), "4     ");
+    // The number echoes the caller's audio and hangs up after 2 s.
+    let gateway = Sipp::uas("agent_uas.xml", node.dir(), "gateway")
+        .rtp_echo(node.sipp_media_port())
+        .args(["-p".to_string(), gateway_port.to_string()])
+        .args(["-m", "1", "-recv_timeout", "2000"])
+        .trace_messages()
+        .spawn();
+    caller(&node, "caller_ivr_inband.xml", "5553006")
+        .assert_success("the caller tones 4, talks to the number, and is hung up on");
+    gateway
+        .wait(Duration::from_secs(10))
+        .assert_success("the gateway answered, talked and hung up");
+    let messages =
+        std::fs::read_to_string(node.dir().join("gateway.messages.log")).unwrap_or_default();
+    assert!(
+        messages.contains(&format!("INVITE sip:{TRANSFER_NUMBER}@127.0.0.1")),
+        "the gateway was asked for the number:\n{messages:.2000}"
+    );
+    let cdrs = node.wait_cdrs(1, Duration::from_secs(10));
+    let cdr = &cdrs[0];
+    assert_eq!(cdr_str(cdr, "disposition"), "ivr", "CDR: {cdr}");
+    assert_eq!(cdr_str(cdr, "cause"), "transfer", "CDR: {cdr}");
+    assert_eq!(
+        cdr_str(cdr, "transfer"),
+        format!("ivr:{TRANSFER_NUMBER}"),
+        "CDR: {cdr}"
+    );
+    assert_eq!(
+        cdr_str(cdr, "hangup_by"),
+        "system",
+        "the number hung up: {cdr}"
+    );
+    assert!(
+        cdr_u64(cdr, "rtp_caller_to_agent") > 0 && cdr_u64(cdr, "rtp_agent_to_caller") > 0,
+        "audio went both ways between caller and number: {cdr}"
+    );
+    assert!(
+        cdr_u64(cdr, "ended_at_ms") >= cdr_u64(cdr, "answered_at_ms") + 1_500,
+        "the record ends when the number hangs up: {cdr}"
+    );
+    assert!(
+        !node.log_plain().contains("call queued"),
+        "the call never queued:\n{}",
+        node.log_tail()
+    );
+}
+
+#[test]
 fn a_flow_changed_live_routes_the_next_call() {
     const ADMIN: &str = "flows-admin-token";
     const AGENT: &str = "flows-agent-token";
     let prompts = prompts();
     let mut spec = spec(prompts.path(), unused_port());
-    let mut tokens = toml::Table::new();
-    for (token, role, agent) in [(ADMIN, "admin", None), (AGENT, "agent", Some("1001"))] {
-        let mut t = toml::Table::new();
-        t.insert("role".into(), role.into());
-        t.insert("name".into(), format!("{role}-user").into());
-        if let Some(a) = agent {
-            t.insert("agent".into(), a.into());
-        }
-        tokens.insert(token.into(), toml::Value::Table(t));
-    }
-    spec.set("grpc", "listen", "127.0.0.1:9090")
-        .set("grpc", "tokens", toml::Value::Table(tokens));
+    spec.set("grpc", "listen", "127.0.0.1:9090").set_tokens([
+        Grant::new(ADMIN, "admin").name("admin-user"),
+        Grant::new(AGENT, "agent").agent("1001").name("agent-user"),
+    ]);
     let node = Node::start(spec);
     let addr = node.grpc_addr();
     let ctl = |token: &str, args: &[&str]| crate::harness::ctl(addr, Some(token), args);

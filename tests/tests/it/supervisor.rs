@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use toml::{Table, Value as Toml};
 
-use crate::harness::{cdr_str, ctl, Node, NodeSpec};
+use crate::harness::{cdr_str, ctl, Grant, Node, NodeSpec};
 use crate::tone_ua::{get_metrics, register_ua, Ua, AGENT_HZ, CALLER_HZ, THIRD_HZ};
 
 const SUPERVISOR: &str = "9001";
@@ -32,19 +32,11 @@ fn spec() -> NodeSpec {
     sup.insert("id".into(), SUPERVISOR.into());
     sup.insert("password".into(), "sup9001".into());
     spec.insert("supervisors", Toml::Array(vec![Toml::Table(sup)]));
-    let grant = |role: &str, agent: Option<&str>| {
-        let mut t = Table::new();
-        t.insert("role".into(), role.into());
-        if let Some(a) = agent {
-            t.insert("agent".into(), a.into());
-        }
-        Toml::Table(t)
-    };
-    let mut tokens = Table::new();
-    tokens.insert(SUPERVISOR_TOKEN.into(), grant("supervisor", None));
-    tokens.insert(AGENT_TOKEN.into(), grant("agent", Some("1001")));
-    tokens.insert(ADMIN_TOKEN.into(), grant("admin", None));
-    spec.set("grpc", "tokens", Toml::Table(tokens));
+    spec.set_tokens([
+        Grant::new(SUPERVISOR_TOKEN, "supervisor"),
+        Grant::new(AGENT_TOKEN, "agent").agent("1001"),
+        Grant::new(ADMIN_TOKEN, "admin"),
+    ]);
     spec
 }
 

@@ -133,6 +133,24 @@ impl NodeSpec {
         self
     }
 
+    /// The API tokens the node accepts, replacing the example's: one
+    /// `[grpc.tokens.<token>]` row per grant.
+    pub fn set_tokens<'a>(&mut self, grants: impl IntoIterator<Item = Grant<'a>>) -> &mut Self {
+        let mut tokens = Table::new();
+        for g in grants {
+            let mut row = Table::new();
+            row.insert("role".into(), g.role.into());
+            if let Some(agent) = g.agent {
+                row.insert("agent".into(), agent.into());
+            }
+            if let Some(name) = g.name {
+                row.insert("name".into(), name.into());
+            }
+            tokens.insert(g.token.into(), Toml::Table(row));
+        }
+        self.set("grpc", "tokens", Toml::Table(tokens))
+    }
+
     /// Sets a top-level `key` (an array of tables such as `supervisors`, say) outright.
     pub fn insert(&mut self, key: &str, value: impl Into<Toml>) -> &mut Self {
         self.table.insert(key.to_string(), value.into());
@@ -486,4 +504,38 @@ fn table(entries: &[(&str, Toml)]) -> Table {
 
 fn toml_array<const N: usize>(tables: [Table; N]) -> Toml {
     Toml::Array(tables.into_iter().map(Toml::Table).collect())
+}
+
+/// One API token for [`NodeSpec::set_tokens`]: its role, the agent it acts as, and the
+/// principal name the audit log shows (the node's default when unset).
+#[derive(Clone, Copy, Debug)]
+pub struct Grant<'a> {
+    pub token: &'a str,
+    pub role: &'a str,
+    pub agent: Option<&'a str>,
+    pub name: Option<&'a str>,
+}
+
+impl<'a> Grant<'a> {
+    /// `token` with `role` (`admin`, `supervisor`, `agent`), no agent and no name.
+    pub fn new(token: &'a str, role: &'a str) -> Self {
+        Grant {
+            token,
+            role,
+            agent: None,
+            name: None,
+        }
+    }
+
+    /// The agent an `agent` token acts as.
+    pub fn agent(mut self, agent: &'a str) -> Self {
+        self.agent = Some(agent);
+        self
+    }
+
+    /// The principal name audit entries show.
+    pub fn name(mut self, name: &'a str) -> Self {
+        self.name = Some(name);
+        self
+    }
 }
