@@ -69,9 +69,9 @@ pub struct Cdr {
     /// `inbound` (a trunk call) or `outbound` (click-to-dial).
     #[serde(default = "inbound")]
     pub direction: String,
-    /// The API's last transfer of the call: blind (`queue:<name>`, `agent:<id>`,
+    /// The last transfer of the call: by the API, blind (`queue:<name>`, `agent:<id>`,
     /// `number:<number>`), consulted (`consulted:<number>`), or the agent leaving a
-    /// conference (`conference:<number>`).
+    /// conference (`conference:<number>`); or an IVR flow's transfer step (`ivr:<number>`).
     #[serde(default)]
     pub transfer: Option<String>,
 }
