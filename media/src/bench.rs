@@ -35,9 +35,9 @@ const PHONE_SOCKETS: usize = 8;
 const PHONE_SOCKET_BUFFER_BYTES: usize = 4 << 20;
 const PACKET_BYTES: usize = 12 + 160;
 const FRAME_PERIOD: Duration = Duration::from_millis(20);
-/// Latency histogram: 10 us buckets up to 200 ms.
+/// Latency histogram: 10 us buckets up to 1 s (a saturated relay queues for hundreds of ms).
 const LATENCY_BUCKET_US: u64 = 10;
-const LATENCY_BUCKETS: usize = 20_000;
+const LATENCY_BUCKETS: usize = 100_000;
 /// Time after the last send to collect packets still in flight.
 const DRAIN_TIME: Duration = Duration::from_millis(300);
 /// The loss bar of the figures.
