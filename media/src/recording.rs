@@ -21,15 +21,22 @@
 //! which returns the [`RecordingMeta`] for the node to index.
 //!
 //! The writer task creates its file on tokio's blocking pool (a create on a busy file system
-//! can take milliseconds) and then writes with blocking `std::fs` calls, about one 32 KB
-//! write and one header rewrite per second per call: page-cache writes that take
-//! microseconds. A node whose recording disk can stall for long should put it on a runtime
-//! of its own.
+//! can take milliseconds) and does only CPU work after that: each ready second is encoded and
+//! handed to the recorder's disk thread, one thread per [`Recorder`] that does every
+//! recording's writes (the second's data, then the header) in order. Writes into the page
+//! cache usually take microseconds, but once the kernel throttles dirty pages a write can
+//! sleep for hundreds of milliseconds, and on the relay's runtime that stalled every call's
+//! audio (`carillon bench media` with recording showed p99 latencies near 0.5 s). The hand-off
+//! queue is bounded ([`DISK_QUEUE_JOBS_MAX`]): a second that finds it full is dropped and
+//! counted, and is left as silence in the file (its place is kept, so the timeline stays
+//! true). A recording's end waits until its last second is on the disk thread's side done.
 
 use std::fs::File;
-use std::io::{Seek, SeekFrom, Write};
+use std::io::Write;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender};
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
@@ -52,6 +59,11 @@ const SAMPLES_PER_MS: u64 = CLOCK_RATE_HZ as u64 / 1000;
 const FLUSH_SAMPLES: usize = CLOCK_RATE_HZ as usize;
 const WAV_HEADER_LEN: usize = 44;
 const CHANNELS: usize = 2;
+/// Seconds of audio (any recordings) that may wait for the disk thread: about 32 MB, one
+/// second of 1,000 recorded calls.
+pub const DISK_QUEUE_JOBS_MAX: usize = 1024;
+/// One recorded frame's length, for counting the frames of a dropped second.
+const FRAME_MS: u64 = 20;
 
 /// Recording settings of a node.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -132,6 +144,9 @@ pub struct RecorderStatus {
 #[derive(Debug)]
 pub struct Recorder {
     config: Recording,
+    /// The disk thread's queue (`None` when recording is disabled). The thread ends when the
+    /// recorder is dropped.
+    disk: Option<SyncSender<DiskJob>>,
     used_bytes: AtomicU64,
     watermark_alarm: AtomicBool,
     limit_alarm: AtomicBool,
@@ -155,8 +170,19 @@ impl Recorder {
         } else {
             0
         };
+        let disk = if config.enabled {
+            let (jobs, queue) = std::sync::mpsc::sync_channel(DISK_QUEUE_JOBS_MAX);
+            std::thread::Builder::new()
+                .name("recording-disk".into())
+                .spawn(move || run_disk(queue))
+                .map_err(io_err)?;
+            Some(jobs)
+        } else {
+            None
+        };
         let recorder = Recorder {
             config,
+            disk,
             used_bytes: AtomicU64::new(0),
             watermark_alarm: AtomicBool::new(false),
             limit_alarm: AtomicBool::new(false),
@@ -282,8 +308,83 @@ impl Recorder {
             },
             timeline: StereoTimeline::new(),
             data_bytes: 0,
-            out: Vec::with_capacity(FLUSH_SAMPLES * CHANNELS * 2),
         })
+    }
+}
+
+impl Recorder {
+    /// Queues `then` behind every job queued so far, waiting for room (blocking: call it
+    /// off the async runtime). False when there is no disk thread to run it.
+    fn flush_disk(&self, then: Box<dyn FnOnce() + Send>) -> bool {
+        match &self.disk {
+            Some(disk) => disk.send(DiskJob::Flush(then)).is_ok(),
+            None => false,
+        }
+    }
+}
+
+/// A recording's open file, shared by its writer and the disk thread.
+#[derive(Debug)]
+pub(crate) struct RecordingFile {
+    file: File,
+    path: PathBuf,
+    /// Set by the disk thread when a write failed: the writer stops there.
+    failed: AtomicBool,
+}
+
+/// Work for the disk thread.
+enum DiskJob {
+    /// Write `bytes` at `offset`, then the header saying the data is `header_len` long.
+    Append {
+        file: Arc<RecordingFile>,
+        offset: u64,
+        bytes: Vec<u8>,
+        header_len: u32,
+    },
+    /// Run this once every earlier job is done.
+    Flush(Box<dyn FnOnce() + Send>),
+}
+
+impl std::fmt::Debug for DiskJob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DiskJob::Append { file, offset, .. } => f
+                .debug_struct("Append")
+                .field("path", &file.path)
+                .field("offset", offset)
+                .finish(),
+            DiskJob::Flush(_) => f.write_str("Flush"),
+        }
+    }
+}
+
+/// The disk thread: every recording's writes, in the order they were queued, until the
+/// recorder is dropped.
+fn run_disk(queue: Receiver<DiskJob>) {
+    while let Ok(job) = queue.recv() {
+        match job {
+            DiskJob::Append {
+                file,
+                offset,
+                bytes,
+                header_len,
+            } => {
+                if file.failed.load(Ordering::Relaxed) {
+                    continue;
+                }
+                // Data first, then the header that covers it: a crash between the two leaves
+                // the file valid up to the previous second.
+                let result = file
+                    .file
+                    .write_all_at(&bytes, offset)
+                    .and_then(|()| file.file.write_all_at(&wav_header(header_len), 0));
+                if let Err(error) = result {
+                    tracing::warn!(path = %file.path.display(), %error, "recording write failed; recording stopped");
+                    file.failed.store(true, Ordering::Relaxed);
+                }
+            }
+            DiskJob::Flush(then) => then(),
+        }
     }
 }
 
@@ -346,11 +447,10 @@ fn wav_header(data_bytes: u32) -> [u8; WAV_HEADER_LEN] {
 pub(crate) struct Writer {
     recorder: Arc<Recorder>,
     /// `None` once paused or failed: frames are then counted and dropped.
-    file: Option<File>,
+    file: Option<Arc<RecordingFile>>,
     meta: RecordingMeta,
     timeline: StereoTimeline,
     data_bytes: u64,
-    out: Vec<u8>,
 }
 
 impl Writer {
@@ -367,17 +467,20 @@ impl Writer {
         self.recorder
             .recordings_started
             .fetch_add(1, Ordering::Relaxed);
-        self.file = Some(file);
+        self.file = Some(Arc::new(RecordingFile {
+            file,
+            path: path.clone(),
+            failed: AtomicBool::new(false),
+        }));
         Ok(())
     }
 
     /// Creates the file, takes frames until the relay drops its sender, then finishes the
-    /// file. The create runs on tokio's blocking pool: it can take milliseconds on a busy
-    /// file system (an ext4 inode allocation took about 200 us on our test machine) and
-    /// must not hold up the runtime. Each second's write and header rewrite stay in this
-    /// task: page-cache writes of microseconds, where a hand-off per second to the blocking
-    /// pool cost more than it saved (`carillon bench media` with recording fell from 1,000
-    /// to 500 calls on one core).
+    /// file and waits until the disk thread has written all of it. The create runs on
+    /// tokio's blocking pool: it can take milliseconds on a busy file system (an ext4 inode
+    /// allocation took about 200 us on our test machine) and must not hold up the runtime.
+    /// Each second's writes go to the disk thread (a hand-off per second to tokio's blocking
+    /// pool, tried before, cost more than it saved).
     pub(crate) async fn run(
         self,
         mut frames: mpsc::Receiver<RecordedFrame>,
@@ -411,7 +514,21 @@ impl Writer {
         while let Some(frame) = frames.recv().await {
             writer.push(&frame);
         }
-        writer.finish(dropped.load(Ordering::Relaxed))
+        let recorder = Arc::clone(&writer.recorder);
+        let meta = writer.finish(dropped.load(Ordering::Relaxed));
+        // The index entry must not name audio that is not in the file yet. Waiting for room
+        // in a full queue is blocking, so it happens on the blocking pool, once per call.
+        let (done, written) = tokio::sync::oneshot::channel::<()>();
+        let queued = tokio::task::spawn_blocking(move || {
+            recorder.flush_disk(Box::new(move || {
+                let _ = done.send(());
+            }))
+        })
+        .await;
+        if matches!(queued, Ok(true)) {
+            let _ = written.await;
+        }
+        meta
     }
 
     /// Places a frame and writes any second that is ready.
@@ -431,7 +548,12 @@ impl Writer {
                 self.write(&rest);
             }
         }
-        self.meta.frames_dropped = relay_dropped + self.timeline.frames_dropped;
+        if let Some(file) = &self.file {
+            if file.failed.load(Ordering::Relaxed) {
+                self.meta.error = Some("a write failed; the recording stopped there".into());
+            }
+        }
+        self.meta.frames_dropped += relay_dropped + self.timeline.frames_dropped;
         self.recorder
             .frames_dropped
             .fetch_add(self.meta.frames_dropped, Ordering::Relaxed);
@@ -439,47 +561,66 @@ impl Writer {
         self.meta
     }
 
-    /// Appends interleaved samples, then rewrites the header to cover them.
+    /// Encodes interleaved samples and queues them for the disk thread, which appends them
+    /// and then rewrites the header to cover them.
     fn write(&mut self, samples: &[[i16; CHANNELS]]) {
-        if self.file.is_none() {
+        let Some(file) = self.file.as_ref() else {
+            return;
+        };
+        if file.failed.load(Ordering::Relaxed) {
+            // The disk thread logged why; the file stays valid up to its last good second.
+            self.file = None;
             return;
         }
-        if self
-            .recorder
-            .would_pass_limit((samples.len() * CHANNELS * 2) as u64)
-        {
+        let bytes_len = (samples.len() * CHANNELS * 2) as u64;
+        if self.recorder.would_pass_limit(bytes_len) {
             self.pause();
             return;
         }
-        let Some(file) = self.file.as_mut() else {
-            return;
-        };
-        self.out.clear();
-        for pair in samples {
-            for s in pair {
-                self.out.extend_from_slice(&s.to_le_bytes());
-            }
-        }
-        let new_len = self.data_bytes + self.out.len() as u64;
+        let new_len = self.data_bytes + bytes_len;
         // A WAV file's lengths are 32-bit: stop well before (about 37 hours of stereo).
         let Ok(header_len) = u32::try_from(new_len) else {
             self.pause();
             return;
         };
-        let result = file
-            .write_all(&self.out)
-            .and_then(|()| file.seek(SeekFrom::Start(0)))
-            .and_then(|_| file.write_all(&wav_header(header_len)))
-            .and_then(|()| file.seek(SeekFrom::End(0)).map(|_| ()));
-        match result {
-            Ok(()) => {
-                self.data_bytes = new_len;
-                self.recorder.add_bytes(self.out.len() as u64);
+        let mut bytes = Vec::with_capacity(bytes_len as usize);
+        for pair in samples {
+            for s in pair {
+                bytes.extend_from_slice(&s.to_le_bytes());
             }
-            Err(error) => {
-                tracing::warn!(path = %self.meta.path.display(), %error, "recording write failed; recording stopped");
-                self.file = None;
+        }
+        let job = DiskJob::Append {
+            file: Arc::clone(file),
+            offset: WAV_HEADER_LEN as u64 + self.data_bytes,
+            bytes,
+            header_len,
+        };
+        let queued = match &self.recorder.disk {
+            Some(disk) => disk.try_send(job).is_ok(),
+            None => false,
+        };
+        // Either way the second keeps its place: a dropped one reads back as silence once a
+        // later second's header covers it.
+        self.data_bytes = new_len;
+        if queued {
+            self.recorder.add_bytes(bytes_len);
+        } else {
+            let frames = (samples.len() as u64).div_ceil(SAMPLES_PER_MS * FRAME_MS) * CHANNELS as u64;
+            if self.meta.frames_dropped == 0 {
+                tracing::warn!(path = %self.meta.path.display(), "recording disk queue full: a second of audio dropped (the disk is behind)");
             }
+            self.meta.frames_dropped += frames;
+        }
+    }
+
+    /// Waits (blocking) until the disk thread has written every second queued so far.
+    #[cfg(test)]
+    pub(crate) fn sync(&self) {
+        let (done, written) = std::sync::mpsc::channel();
+        if self.recorder.flush_disk(Box::new(move || {
+            let _ = done.send(());
+        })) {
+            let _ = written.recv();
         }
     }
 
