@@ -605,7 +605,8 @@ impl Writer {
         if queued {
             self.recorder.add_bytes(bytes_len);
         } else {
-            let frames = (samples.len() as u64).div_ceil(SAMPLES_PER_MS * FRAME_MS) * CHANNELS as u64;
+            let frames =
+                (samples.len() as u64).div_ceil(SAMPLES_PER_MS * FRAME_MS) * CHANNELS as u64;
             if self.meta.frames_dropped == 0 {
                 tracing::warn!(path = %self.meta.path.display(), "recording disk queue full: a second of audio dropped (the disk is behind)");
             }

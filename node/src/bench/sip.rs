@@ -80,6 +80,12 @@ pub struct SipBenchArgs {
     /// `cluster_cps_zero_fail`.
     #[arg(long)]
     pub cluster: bool,
+    /// Pin the node under test to this CPU and everything else (this bench, SIPp, the other
+    /// cluster members) to the remaining CPUs, as if the node had a machine of its own:
+    /// compares one node with a cluster member without the two extra members taking the
+    /// node's CPU (they would run elsewhere in a deployment). Needs `taskset` (util-linux).
+    #[arg(long)]
+    pub node_cpu: Option<usize>,
 }
 
 /// Runs the benchmark and prints `bench: ...` lines.
@@ -88,6 +94,9 @@ pub async fn run(args: SipBenchArgs) -> anyhow::Result<()> {
         bail!("--rates-cps, --agents and --agent-phones must be non-empty and non-zero");
     }
     require_sipp()?;
+    if let Some(cpu) = args.node_cpu {
+        pin_self_away_from(cpu).await?;
+    }
     let work = std::env::temp_dir().join(format!("carillon-bench-sip-{}", std::process::id()));
     fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
     let mut procs = Procs::default();
@@ -216,7 +225,15 @@ async fn start_node(
         args.call_ms
     );
     let node_log = fs::File::create(work.join("node.log"))?;
-    let node = Command::new(&bin)
+    let mut command = match args.node_cpu {
+        Some(cpu) => {
+            let mut c = Command::new("taskset");
+            c.arg("-c").arg(cpu.to_string()).arg(&bin);
+            c
+        }
+        None => Command::new(&bin),
+    };
+    let node = command
         .arg("run")
         .arg("--config")
         .arg(&node_config)
@@ -690,6 +707,40 @@ async fn start_cluster_peers(
             .with_context(|| format!("starting cluster member n{}", i + 1))?;
         procs.children.push(child);
     }
+    Ok(())
+}
+
+/// Moves every thread of this process (and so the SIPp and cluster-member processes it
+/// starts) to the CPUs other than `cpu`.
+async fn pin_self_away_from(cpu: usize) -> anyhow::Result<()> {
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+    if cpu >= cpus || cpus < 2 {
+        bail!(
+            "--node-cpu {cpu}: this machine has CPUs 0 to {}; pinning needs at least two",
+            cpus - 1
+        );
+    }
+    let others: Vec<String> = (0..cpus)
+        .filter(|c| *c != cpu)
+        .map(|c| c.to_string())
+        .collect();
+    let status = Command::new("taskset")
+        .args(["-a", "-p", "-c", &others.join(",")])
+        .arg(std::process::id().to_string())
+        .stdout(Stdio::null())
+        .status()
+        .await
+        .context("running taskset (util-linux) for --node-cpu")?;
+    if !status.success() {
+        bail!(
+            "taskset could not pin the bench to CPUs {}: {status}",
+            others.join(",")
+        );
+    }
+    eprintln!(
+        "bench: node under test on CPU {cpu}; the bench, SIPp and other members on CPUs {}",
+        others.join(",")
+    );
     Ok(())
 }
 
