@@ -102,6 +102,16 @@ pub(crate) fn decode<T: DeserializeOwned>(
     postcard::from_bytes(bytes).map_err(|source| StoreError::Decode { what, source })
 }
 
+/// The histogram of each append's write and fsync, in seconds (the node's `/metrics`).
+pub const APPEND_SECONDS_METRIC: &str = "carillon_raft_log_append_seconds";
+
+/// A monotonic instant for the append metric only: it never reaches Raft's state, so a
+/// simulator's replay is unaffected.
+#[allow(clippy::disallowed_methods)] // measures an I/O duration for a metric
+fn metric_clock() -> std::time::Instant {
+    std::time::Instant::now()
+}
+
 /// Where a store runs its blocking redb work (commits that fsync).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum StoreIo {
@@ -326,6 +336,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             return Ok(());
         }
         let inner = Arc::clone(&self.inner);
+        let started = metric_clock();
         // One transaction for the whole batch: one fsync however many entries it holds.
         let result = blocking(inner.io, move || {
             let txn = inner.db.begin_write().map_err(db_err)?;
@@ -338,6 +349,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             txn.commit().map_err(db_err)
         })
         .await;
+        // Raft waits on this write (with its fsync) before it acknowledges or commits: the
+        // metric shows when the disk, not the network, is what holds commits back.
+        metrics::histogram!(APPEND_SECONDS_METRIC).record(started.elapsed().as_secs_f64());
         match result {
             Ok(()) => {
                 callback.io_completed(Ok(()));

@@ -58,6 +58,12 @@ pub fn install() -> &'static PrometheusHandle {
                     WAIT_BUCKETS_S,
                 )
             })
+            .and_then(|b| {
+                b.set_buckets_for_metric(
+                    Matcher::Full(carillon_consensus::log_store::APPEND_SECONDS_METRIC.into()),
+                    LATENCY_BUCKETS_S,
+                )
+            })
             .unwrap_or_else(|_| PrometheusBuilder::new());
         let recorder = builder.build_recorder();
         let handle = recorder.handle();
@@ -87,6 +93,11 @@ fn describe() {
         "carillon_routing_apply_seconds",
         Unit::Seconds,
         "From proposing a routing command to its being applied (commit and apply through Raft in a cluster)."
+    );
+    describe_histogram!(
+        carillon_consensus::log_store::APPEND_SECONDS_METRIC,
+        Unit::Seconds,
+        "Raft log appends on this node: the write and its fsync, which Raft waits on before it acknowledges or commits."
     );
     describe_histogram!(
         "carillon_call_wait_seconds",

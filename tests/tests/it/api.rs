@@ -694,6 +694,13 @@ fn metrics_show_raft_in_a_cluster() {
     let f = scrape(cluster.node(follower));
     assert_eq!(value(&f, "carillon_raft_is_leader"), 0.0);
     assert!(value(&f, "carillon_raft_last_applied_index") >= 1.0);
+    // Every member wrote the bootstrap entries to its log: the append histogram has them.
+    for m in [&m, &f] {
+        assert!(
+            value(m, "carillon_raft_log_append_seconds_count") >= 1.0,
+            "no Raft log appends measured"
+        );
+    }
 }
 
 #[test]
