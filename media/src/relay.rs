@@ -234,10 +234,16 @@ pub(crate) async fn run(
 impl Relay {
     async fn run(&mut self, commands: &mut mpsc::Receiver<Command>) {
         loop {
+            // Commands first: a bridge sent before a packet arrived applies to that packet.
+            loop {
+                match commands.try_recv() {
+                    Ok(command) => self.on_command(command),
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                    Err(mpsc::error::TryRecvError::Disconnected) => return,
+                }
+            }
             // One poll over every source per wake-up: cheaper than `select!`, which would build
             // and register six futures per packet, and every ready socket is served in turn.
-            // Commands come first (a bridge sent before a packet arrived applies to that
-            // packet), one per turn of this loop.
             let event = std::future::poll_fn(|cx| self.poll_event(cx, commands)).await;
             match event {
                 Event::Command(None) => return,

@@ -125,11 +125,6 @@ impl Batch {
         if n == 0 {
             return 0;
         }
-        if n == 1 {
-            // The usual case (one phone sends one packet per 20 ms): a plain sendto is cheaper
-            // than preparing sendmmsg's arrays, in user space and in the kernel.
-            return usize::from(socket.try_send_to(&iovs[0][0], target).is_ok());
-        }
         let address = SockaddrStorage::from(target);
         let addresses = [Some(address); BATCH_PACKETS_MAX];
         let cmsgs: [ControlMessage<'_>; 0] = [];

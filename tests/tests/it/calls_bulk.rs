@@ -1,4 +1,4 @@
-//! 200 calls at 20 calls/s over 20 agent phones: every call is answered by a valid agent,
+//! 200 calls at 10 calls/s over 20 agent phones: every call is answered by a valid agent,
 //! audio flows both ways through the node, and each call leaves one answered CDR.
 
 use std::collections::HashSet;
@@ -8,10 +8,12 @@ use crate::harness::{agent_phone, agents_csv, cdr_str, cdr_u64, register, Node, 
 
 const AGENTS: u32 = 20;
 const CALLS: u32 = 200;
-const RATE_CPS: u32 = 20;
-/// How long each caller stays after the node's 200 (queue wait included). Short enough that
-/// 20 calls/s need about 10 of the 20 agents at once (wrap-up is 0 in the test config).
-const CALL_MS: u32 = 500;
+const RATE_CPS: u32 = 10;
+/// How long each caller stays after the node's 200 (queue wait included): 10 calls/s need
+/// about 15 of the 20 agents at once (wrap-up is 0 in the test config), and a caller still
+/// waits up to 1.5 s for an agent when the whole suite loads the machine (at 0.5 s, calls
+/// were abandoned in CI).
+const CALL_MS: u32 = 1500;
 
 #[test]
 fn calls_bulk() {
@@ -30,7 +32,7 @@ fn calls_bulk() {
         .key("caller", "5551000")
         .calls(CALLS, RATE_CPS)
         .run(Duration::from_secs(60));
-    callers.assert_success("200 calls at 20 cps");
+    callers.assert_success("200 calls at 10 cps");
     assert_eq!(
         callers.cumulative("Successful call"),
         Some(u64::from(CALLS)),
