@@ -16,7 +16,7 @@
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -387,16 +387,8 @@ fn process_cpu_ns(pid: u32) -> Result<u64, MediaError> {
     };
     let mut total = 0u64;
     for task in std::fs::read_dir(&tasks).map_err(io)? {
-        let path = task.map_err(io)?.path().join("schedstat");
         // A thread that ended between the listing and the read adds nothing.
-        let Ok(text) = std::fs::read_to_string(&path) else {
-            continue;
-        };
-        total += text
-            .split_whitespace()
-            .next()
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0);
+        total += schedstat_ns(&task.map_err(io)?.path().join("schedstat")).unwrap_or(0);
     }
     Ok(total)
 }
@@ -477,10 +469,17 @@ fn tempdir_in(parent: &std::path::Path) -> io::Result<PathBuf> {
 
 /// This thread's CPU time so far, in nanoseconds (0 where the kernel does not say).
 fn thread_cpu_ns() -> u64 {
-    std::fs::read_to_string("/proc/thread-self/schedstat")
+    schedstat_ns(Path::new("/proc/thread-self/schedstat")).unwrap_or(0)
+}
+
+/// The CPU time a `schedstat` file reports (its first field), in nanoseconds.
+fn schedstat_ns(path: &Path) -> Option<u64> {
+    std::fs::read_to_string(path)
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
         .ok()
-        .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok()))
-        .unwrap_or(0)
 }
 
 /// The simulated phones of one step.

@@ -321,6 +321,17 @@ impl Recorder {
             None => false,
         }
     }
+
+    /// Waits (blocking) until the disk thread has written everything queued so far.
+    #[cfg(test)]
+    pub(crate) fn wait_written(&self) {
+        let (done, written) = std::sync::mpsc::channel();
+        if self.flush_disk(Box::new(move || {
+            let _ = done.send(());
+        })) {
+            let _ = written.recv();
+        }
+    }
 }
 
 /// A recording's open file, shared by its writer and the disk thread.
@@ -611,17 +622,6 @@ impl Writer {
                 tracing::warn!(path = %self.meta.path.display(), "recording disk queue full: a second of audio dropped (the disk is behind)");
             }
             self.meta.frames_dropped += frames;
-        }
-    }
-
-    /// Waits (blocking) until the disk thread has written every second queued so far.
-    #[cfg(test)]
-    pub(crate) fn sync(&self) {
-        let (done, written) = std::sync::mpsc::channel();
-        if self.recorder.flush_disk(Box::new(move || {
-            let _ = done.send(());
-        })) {
-            let _ = written.recv();
         }
     }
 

@@ -117,15 +117,6 @@ fn seconds_come_out_once_the_reorder_window_has_passed() {
     assert_eq!(t.frames_dropped, 1);
 }
 
-/// Waits until the recorder's disk thread has written everything queued.
-fn sync(recorder: &Recorder) {
-    let (done, written) = std::sync::mpsc::channel();
-    assert!(recorder.flush_disk(Box::new(move || {
-        let _ = done.send(());
-    })));
-    written.recv().expect("the disk thread runs the flush");
-}
-
 fn recorder(dir: &Path, watermark: u64, limit: u64) -> Arc<Recorder> {
     Recorder::new(Recording {
         dir: dir.to_path_buf(),
@@ -162,13 +153,13 @@ fn the_file_is_valid_after_each_flushed_second_and_complete_at_the_end() {
         writer.push(&frame(Channel::Agent, u64::from(i) * 20, 2, i * 160, QUIET));
     }
     // 2.6 s pushed: two seconds flushed. A reader now (as after a crash) sees exactly them.
-    writer.sync();
+    writer.recorder.wait_written();
     let (left, right) = read_stereo(&path).expect("valid mid-call");
     assert_eq!((left.len(), right.len()), (16_000, 16_000));
     assert!(left.iter().all(|s| *s == LOUD_VALUE) && right.iter().all(|s| *s == 0));
     let recorder = Arc::clone(&writer.recorder);
     let meta = writer.finish(3);
-    sync(&recorder);
+    recorder.wait_written();
     assert_eq!(meta.duration_ms, 2600);
     assert_eq!(meta.frames_dropped, 3);
     assert_eq!((meta.agent.as_str(), meta.paused), ("alice", false));
@@ -189,7 +180,7 @@ fn watermark_raises_an_alarm_and_the_limit_pauses() {
     let status = rec.status();
     assert!(status.watermark_alarm && status.limit_alarm, "{status:?}");
     let meta = writer.finish(0);
-    sync(&rec);
+    rec.wait_written();
     assert!(meta.paused);
     assert_eq!(
         meta.duration_ms, 2000,
