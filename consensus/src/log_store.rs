@@ -1,19 +1,25 @@
 //! The Raft log and vote on disk, in one redb file.
 //!
 //! Two tables: `raft_log` maps a log index to its postcard-encoded entry; `raft_meta` holds
-//! the vote, the committed log id and the last purged log id. Every `append` call is one
-//! write transaction committed with immediate durability (an fsync), so a batch of entries
-//! costs one disk flush: that is where the cluster's commit throughput comes from. The
-//! entries are readable as soon as `append` returns and durable when the IO callback fires;
-//! both happen at the commit here.
+//! the vote, the committed log id and the last purged log id.
+//!
+//! Writes go through one writer thread that commits in groups. `append` puts its entries
+//! in an in-memory overlay (so they are readable when it returns, as openraft asks) and
+//! queues them; the writer takes everything queued, applies it in order in one redb write
+//! transaction, fsyncs once, and only then fires the appends' IO callbacks. So Raft's core
+//! never waits on the disk to go on to its next step, and appends that arrive during one
+//! fsync share the next. A vote, a truncation and a purge wait for their own commit (they
+//! are rare); the committed log id is a hint and is not waited for.
 //!
 //! What it leaves to others: the state machine and its snapshots ([`crate::state_machine`]).
 
+use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
 
 use openraft::storage::{IOFlushed, RaftLogStorage};
 use openraft::type_config::alias::{LogIdOf, VoteOf};
@@ -21,6 +27,7 @@ use openraft::{LogState, OptionalSend, RaftLogReader};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::types::TypeConfig;
 
@@ -102,7 +109,7 @@ pub(crate) fn decode<T: DeserializeOwned>(
     postcard::from_bytes(bytes).map_err(|source| StoreError::Decode { what, source })
 }
 
-/// The histogram of each append's write and fsync, in seconds (the node's `/metrics`).
+/// The histogram of each group commit's write and fsync, in seconds (the node's `/metrics`).
 pub const APPEND_SECONDS_METRIC: &str = "carillon_raft_log_append_seconds";
 
 /// A monotonic instant for the append metric only: it never reaches Raft's state, so a
@@ -115,11 +122,12 @@ fn metric_clock() -> std::time::Instant {
 /// Where a store runs its blocking redb work (commits that fsync).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum StoreIo {
-    /// On tokio's blocking pool, off the async worker threads: what a node does.
+    /// Off the async worker threads: the log's writes on its own writer thread, the state
+    /// machine's on tokio's blocking pool. What a node does.
     #[default]
     Blocking,
-    /// On the calling task. For a simulator whose storage backend lives in memory: a
-    /// blocking-pool thread would finish at a moment no seed decides.
+    /// On the calling task. For a simulator whose storage backend lives in memory: another
+    /// thread would finish at a moment no seed decides.
     Inline,
 }
 
@@ -137,16 +145,93 @@ where
     }
 }
 
-/// The redb-backed Raft log store. Cheap to clone: clones share one database.
+/// How many queued writes one group commit takes at most.
+const GROUP_OPS_MAX: usize = 4096;
+/// How many writes may wait for the writer before `append` waits for room.
+const QUEUE_OPS_MAX: usize = 1024;
+
+/// The redb-backed Raft log store. Cheap to clone: clones share one database and writer.
 #[derive(Clone)]
 pub struct LogStore {
     inner: Arc<Inner>,
 }
 
 struct Inner {
-    db: Database,
+    shared: Arc<Shared>,
     path: PathBuf,
-    io: StoreIo,
+    /// The last committed log id handed to `save_committed`, which is not waited for.
+    committed: Mutex<Option<Option<LogId>>>,
+    /// `None` when writes run inline ([`StoreIo::Inline`]).
+    writer: Option<Writer>,
+}
+
+/// What the writer thread and the readers share.
+struct Shared {
+    db: Database,
+    /// Entries appended and not yet committed, by index, each with the sequence number of
+    /// its append: readers see them over what the database holds.
+    overlay: Mutex<Overlay>,
+    /// Group commits that fsynced, for tests that check appends share them.
+    durable_commits: std::sync::atomic::AtomicU64,
+}
+
+#[derive(Default)]
+struct Overlay {
+    entries: BTreeMap<u64, (u64, Entry)>,
+    next_seq: u64,
+}
+
+/// The writer thread and its queue.
+struct Writer {
+    tx: Option<mpsc::Sender<Op>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Some(writer) = &mut self.writer {
+            // Closing the queue lets the writer commit what is queued, then stop; joining
+            // it releases the file before a reopen.
+            writer.tx = None;
+            if let Some(thread) = writer.thread.take() {
+                let _ = thread.join();
+            }
+        }
+    }
+}
+
+/// One write, in the order Raft asked for it.
+enum Op {
+    Append {
+        /// Index, overlay sequence number, entry.
+        entries: Vec<(u64, u64, Entry)>,
+        callback: IOFlushed<TypeConfig>,
+    },
+    TruncateFrom {
+        from: u64,
+        done: oneshot::Sender<Result<(), StoreError>>,
+    },
+    Purge {
+        upto: u64,
+        mark: Vec<u8>,
+        done: oneshot::Sender<Result<(), StoreError>>,
+    },
+    Meta {
+        key: &'static str,
+        bytes: Vec<u8>,
+        /// Whether the group must be fsynced for this write.
+        durable: bool,
+        done: Option<oneshot::Sender<Result<(), StoreError>>>,
+    },
+}
+
+impl Op {
+    fn durable(&self) -> bool {
+        match self {
+            Op::Meta { durable, .. } => *durable,
+            _ => true,
+        }
+    }
 }
 
 impl Debug for LogStore {
@@ -155,6 +240,11 @@ impl Debug for LogStore {
             .field("path", &self.inner.path)
             .finish()
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // The guarded maps hold no invariant a panic elsewhere could break halfway.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl LogStore {
@@ -191,11 +281,34 @@ impl LogStore {
             txn.open_table(META).map_err(db_err)?;
         }
         txn.commit().map_err(db_err)?;
+        let shared = Arc::new(Shared {
+            db,
+            overlay: Mutex::new(Overlay::default()),
+            durable_commits: Default::default(),
+        });
+        let writer = match io {
+            StoreIo::Inline => None,
+            StoreIo::Blocking => {
+                let (tx, rx) = mpsc::channel(QUEUE_OPS_MAX);
+                let thread = std::thread::Builder::new()
+                    .name("raft-log-writer".into())
+                    .spawn({
+                        let shared = Arc::clone(&shared);
+                        move || write_loop(&shared, rx)
+                    })
+                    .map_err(|e| StoreError::Worker(format!("cannot start the writer: {e}")))?;
+                Some(Writer {
+                    tx: Some(tx),
+                    thread: Some(thread),
+                })
+            }
+        };
         Ok(LogStore {
             inner: Arc::new(Inner {
-                db,
+                shared,
                 path: path.to_path_buf(),
-                io,
+                committed: Mutex::new(None),
+                writer,
             }),
         })
     }
@@ -205,8 +318,30 @@ impl LogStore {
         &self.inner.path
     }
 
+    /// Hands `op` to the writer, or commits it here when writes run inline.
+    async fn submit(&self, op: Op) -> Result<(), StoreError> {
+        match &self.inner.writer {
+            None => {
+                commit_group(&self.inner.shared, vec![op]);
+                Ok(())
+            }
+            Some(Writer { tx: Some(tx), .. }) => tx.send(op).await.map_err(|_| writer_gone()),
+            Some(Writer { tx: None, .. }) => Err(writer_gone()),
+        }
+    }
+
+    /// Submits an op built around a reply channel and waits for its commit.
+    async fn submit_and_wait(
+        &self,
+        op: impl FnOnce(oneshot::Sender<Result<(), StoreError>>) -> Op,
+    ) -> Result<(), StoreError> {
+        let (done, reply) = oneshot::channel();
+        self.submit(op(done)).await?;
+        reply.await.map_err(|_| writer_gone())?
+    }
+
     fn read_meta<T: DeserializeOwned>(&self, key: &'static str) -> Result<Option<T>, StoreError> {
-        let txn = self.inner.db.begin_read().map_err(db_err)?;
+        let txn = self.inner.shared.db.begin_read().map_err(db_err)?;
         let table = txn.open_table(META).map_err(db_err)?;
         match table.get(key).map_err(db_err)? {
             Some(bytes) => Ok(Some(decode(key, bytes.value())?)),
@@ -214,30 +349,17 @@ impl LogStore {
         }
     }
 
-    /// Writes one meta record in its own transaction.
-    async fn write_meta(
-        &self,
-        key: &'static str,
-        bytes: Vec<u8>,
-        durability: Durability,
-    ) -> Result<(), StoreError> {
-        let inner = Arc::clone(&self.inner);
-        blocking(inner.io, move || {
-            let mut txn = inner.db.begin_write().map_err(db_err)?;
-            txn.set_durability(durability).map_err(db_err)?;
-            {
-                let mut table = txn.open_table(META).map_err(db_err)?;
-                table.insert(key, bytes.as_slice()).map_err(db_err)?;
-            }
-            txn.commit().map_err(db_err)
-        })
-        .await
-    }
-
     fn read_entries(&self, range: (Bound<u64>, Bound<u64>)) -> Result<Vec<Entry>, StoreError> {
-        let txn = self.inner.db.begin_read().map_err(db_err)?;
+        // The overlay first: an entry the writer commits meanwhile leaves the overlay only
+        // after it is in the database, so the read below still finds it.
+        let overlay: Vec<(u64, Entry)> = lock(&self.inner.shared.overlay)
+            .entries
+            .range(range)
+            .map(|(index, (_, entry))| (*index, entry.clone()))
+            .collect();
+        let txn = self.inner.shared.db.begin_read().map_err(db_err)?;
         let table = txn.open_table(LOG).map_err(db_err)?;
-        let mut entries = Vec::new();
+        let mut entries = BTreeMap::new();
         for item in table.range(range).map_err(db_err)? {
             let (index, bytes) = item.map_err(db_err)?;
             let entry: Entry = decode("log entry", bytes.value())?;
@@ -247,21 +369,134 @@ impl LogStore {
                     found: entry.log_id.index,
                 });
             }
-            entries.push(entry);
+            entries.insert(index.value(), entry);
         }
-        Ok(entries)
+        entries.extend(overlay);
+        Ok(entries.into_values().collect())
     }
 
     fn last_entry_log_id(&self) -> Result<Option<LogId>, StoreError> {
-        let txn = self.inner.db.begin_read().map_err(db_err)?;
+        let pending = lock(&self.inner.shared.overlay)
+            .entries
+            .last_key_value()
+            .map(|(_, (_, entry))| entry.log_id);
+        let txn = self.inner.shared.db.begin_read().map_err(db_err)?;
         let table = txn.open_table(LOG).map_err(db_err)?;
         let last = table.last().map_err(db_err)?;
-        let log_id = match last {
+        let stored = match last {
             Some((_, bytes)) => Some(decode::<Entry>("log entry", bytes.value())?.log_id),
             None => None,
         };
-        Ok(log_id)
+        Ok(match (pending, stored) {
+            (Some(p), Some(s)) => Some(if p.index >= s.index { p } else { s }),
+            (p, s) => p.or(s),
+        })
     }
+}
+
+fn writer_gone() -> StoreError {
+    StoreError::Worker("the Raft log writer has stopped".into())
+}
+
+/// The writer thread: each turn takes every queued write (up to [`GROUP_OPS_MAX`]) and
+/// commits them as one group.
+fn write_loop(shared: &Shared, mut rx: mpsc::Receiver<Op>) {
+    while let Some(first) = rx.blocking_recv() {
+        let mut ops = vec![first];
+        while ops.len() < GROUP_OPS_MAX {
+            match rx.try_recv() {
+                Ok(op) => ops.push(op),
+                Err(_) => break,
+            }
+        }
+        commit_group(shared, ops);
+    }
+}
+
+/// Applies `ops` in order in one write transaction, fsyncs it if any of them needs that,
+/// then releases the appended entries from the overlay and tells every op's waiter.
+fn commit_group(shared: &Shared, ops: Vec<Op>) {
+    let started = metric_clock();
+    let durable = ops.iter().any(Op::durable);
+    let result = write_group(&shared.db, &ops, durable);
+    if durable {
+        shared
+            .durable_commits
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // Raft waits on this write (with its fsync) before it acknowledges or commits: the
+        // metric shows when the disk, not the network, is what holds commits back.
+        metrics::histogram!(APPEND_SECONDS_METRIC).record(started.elapsed().as_secs_f64());
+    }
+    let failure = result.err().map(|e| e.to_string());
+    if failure.is_none() {
+        let mut overlay = lock(&shared.overlay);
+        for op in &ops {
+            if let Op::Append { entries, .. } = op {
+                for (index, seq, _) in entries {
+                    // A later append at the same index (after a truncation) stays.
+                    if overlay.entries.get(index).is_some_and(|(s, _)| s == seq) {
+                        overlay.entries.remove(index);
+                    }
+                }
+            }
+        }
+    }
+    let reply = || match &failure {
+        None => Ok(()),
+        Some(msg) => Err(StoreError::Worker(format!(
+            "cannot commit the Raft log: {msg}"
+        ))),
+    };
+    for op in ops {
+        match op {
+            Op::Append { callback, .. } => {
+                callback.io_completed(reply().map_err(io::Error::other));
+            }
+            Op::TruncateFrom { done, .. } | Op::Purge { done, .. } => {
+                let _ = done.send(reply());
+            }
+            Op::Meta { done, .. } => {
+                if let Some(done) = done {
+                    let _ = done.send(reply());
+                }
+            }
+        }
+    }
+}
+
+fn write_group(db: &Database, ops: &[Op], durable: bool) -> Result<(), StoreError> {
+    let mut txn = db.begin_write().map_err(db_err)?;
+    if !durable {
+        txn.set_durability(Durability::None).map_err(db_err)?;
+    }
+    {
+        let mut log = txn.open_table(LOG).map_err(db_err)?;
+        let mut meta = txn.open_table(META).map_err(db_err)?;
+        for op in ops {
+            match op {
+                Op::Append { entries, .. } => {
+                    for (index, _, entry) in entries {
+                        let bytes = encode("log entry", entry)?;
+                        log.insert(*index, bytes.as_slice()).map_err(db_err)?;
+                    }
+                }
+                Op::TruncateFrom { from, .. } => {
+                    log.retain_in(*from.., |_, _| false).map_err(db_err)?;
+                }
+                Op::Purge { upto, mark, .. } => {
+                    // The mark and the deletion commit together, so the log never shows a
+                    // hole or entries at or below the mark.
+                    meta.insert(KEY_LAST_PURGED, mark.as_slice())
+                        .map_err(db_err)?;
+                    log.retain_in(..=*upto, |_, _| false).map_err(db_err)?;
+                }
+                Op::Meta { key, bytes, .. } => {
+                    meta.insert(*key, bytes.as_slice()).map_err(db_err)?;
+                }
+            }
+        }
+    }
+    txn.commit().map_err(db_err)
 }
 
 fn owned_bounds<RB: RangeBounds<u64>>(range: &RB) -> (Bound<u64>, Bound<u64>) {
@@ -299,21 +534,36 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
         let bytes = encode("vote", vote)?;
+        // A vote must be on disk before Raft acts on it.
         Ok(self
-            .write_meta(KEY_VOTE, bytes, Durability::Immediate)
+            .submit_and_wait(|done| Op::Meta {
+                key: KEY_VOTE,
+                bytes,
+                durable: true,
+                done: Some(done),
+            })
             .await?)
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
-        // No fsync of its own: openraft treats `committed` as a hint that may lag after a
-        // crash, and the next durable commit (an append or a vote) flushes it anyway.
+        // Neither waited for nor fsynced: openraft treats `committed` as a hint that may lag
+        // after a crash, and the next durable group commit flushes it anyway.
         let bytes = encode("committed", &committed)?;
+        *lock(&self.inner.committed) = Some(committed);
         Ok(self
-            .write_meta(KEY_COMMITTED, bytes, Durability::None)
+            .submit(Op::Meta {
+                key: KEY_COMMITTED,
+                bytes,
+                durable: false,
+                done: None,
+            })
             .await?)
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {
+        if let Some(committed) = *lock(&self.inner.committed) {
+            return Ok(committed);
+        }
         let committed: Option<Option<LogId>> = self.read_meta(KEY_COMMITTED)?;
         Ok(committed.flatten())
     }
@@ -327,77 +577,104 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut encoded = Vec::new();
-        for entry in entries {
-            encoded.push((entry.log_id.index, encode("log entry", &entry)?));
+        let mut queued = Vec::new();
+        {
+            let mut overlay = lock(&self.inner.shared.overlay);
+            for entry in entries {
+                let seq = overlay.next_seq;
+                overlay.next_seq += 1;
+                let index = entry.log_id.index;
+                overlay.entries.insert(index, (seq, entry.clone()));
+                queued.push((index, seq, entry));
+            }
         }
-        if encoded.is_empty() {
+        if queued.is_empty() {
             callback.io_completed(Ok(()));
             return Ok(());
         }
-        let inner = Arc::clone(&self.inner);
-        let started = metric_clock();
-        // One transaction for the whole batch: one fsync however many entries it holds.
-        let result = blocking(inner.io, move || {
-            let txn = inner.db.begin_write().map_err(db_err)?;
-            {
-                let mut table = txn.open_table(LOG).map_err(db_err)?;
-                for (index, bytes) in &encoded {
-                    table.insert(*index, bytes.as_slice()).map_err(db_err)?;
-                }
-            }
-            txn.commit().map_err(db_err)
-        })
-        .await;
-        // Raft waits on this write (with its fsync) before it acknowledges or commits: the
-        // metric shows when the disk, not the network, is what holds commits back.
-        metrics::histogram!(APPEND_SECONDS_METRIC).record(started.elapsed().as_secs_f64());
-        match result {
-            Ok(()) => {
-                callback.io_completed(Ok(()));
-                Ok(())
-            }
-            Err(e) => {
-                let msg = e.to_string();
-                callback.io_completed(Err(io::Error::other(msg)));
-                Err(e.into())
-            }
-        }
+        // Readable now (the overlay); durable when the writer's group commit fires the
+        // callback.
+        Ok(self
+            .submit(Op::Append {
+                entries: queued,
+                callback,
+            })
+            .await?)
     }
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
         let from = last_log_id.map_or(0, |id| id.index + 1);
-        let inner = Arc::clone(&self.inner);
-        blocking(inner.io, move || {
-            let txn = inner.db.begin_write().map_err(db_err)?;
-            {
-                let mut table = txn.open_table(LOG).map_err(db_err)?;
-                table.retain_in(from.., |_, _| false).map_err(db_err)?;
-            }
-            txn.commit().map_err(db_err)
-        })
-        .await?;
-        Ok(())
+        lock(&self.inner.shared.overlay)
+            .entries
+            .retain(|index, _| *index < from);
+        Ok(self
+            .submit_and_wait(|done| Op::TruncateFrom { from, done })
+            .await?)
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
-        let purged = encode("last purged log id", &log_id)?;
+        let mark = encode("last purged log id", &log_id)?;
         let upto = log_id.index;
-        let inner = Arc::clone(&self.inner);
-        // The purge mark and the deletion commit together, so the log never shows a hole
-        // or entries at or below the mark.
-        blocking(inner.io, move || {
-            let txn = inner.db.begin_write().map_err(db_err)?;
-            {
-                let mut meta = txn.open_table(META).map_err(db_err)?;
-                meta.insert(KEY_LAST_PURGED, purged.as_slice())
-                    .map_err(db_err)?;
-                let mut table = txn.open_table(LOG).map_err(db_err)?;
-                table.retain_in(..=upto, |_, _| false).map_err(db_err)?;
-            }
-            txn.commit().map_err(db_err)
-        })
-        .await?;
-        Ok(())
+        lock(&self.inner.shared.overlay)
+            .entries
+            .retain(|index, _| *index > upto);
+        Ok(self
+            .submit_and_wait(|done| Op::Purge { upto, mark, done })
+            .await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openraft::testing::blank_ent;
+    use openraft::type_config::TypeConfigExt;
+
+    /// Appends made while the writer is held up are readable at once, not yet durable,
+    /// and then share one fsync.
+    #[tokio::test]
+    async fn appends_are_readable_at_once_and_share_a_group_commit() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("log.redb");
+        let mut log = LogStore::open(&path).expect("open");
+        // Holding redb's one write transaction stops the writer at its next commit.
+        let blocker = log.inner.shared.db.begin_write().expect("write txn");
+        let mut flushed = Vec::new();
+        for index in 1..=50 {
+            let (tx, rx) = <TypeConfig as TypeConfigExt>::oneshot();
+            log.append(
+                [blank_ent::<TypeConfig>(1, 1, index)],
+                IOFlushed::signal(tx),
+            )
+            .await
+            .expect("append");
+            let read = log.try_get_log_entries(1..=index).await.expect("read");
+            assert_eq!(read.len() as u64, index, "entry {index} readable at once");
+            flushed.push(rx);
+        }
+        let state = log.get_log_state().await.expect("state");
+        assert_eq!(state.last_log_id.map(|id| id.index), Some(50));
+        for rx in &mut flushed {
+            assert!(
+                rx.try_recv().is_err(),
+                "no append is durable while the writer waits"
+            );
+        }
+        drop(blocker);
+        for rx in flushed {
+            rx.await.expect("callback fired").expect("flushed");
+        }
+        let commits = log
+            .inner
+            .shared
+            .durable_commits
+            .load(std::sync::atomic::Ordering::Relaxed);
+        assert!(commits <= 2, "50 appends took {commits} fsyncs");
+        drop(log);
+        let mut log = LogStore::open(&path).expect("reopen");
+        assert_eq!(
+            log.try_get_log_entries(1..=50).await.expect("read").len(),
+            50
+        );
     }
 }
