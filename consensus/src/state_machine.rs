@@ -18,7 +18,9 @@
 //!   channel's consumer must not itself wait on `client_write` (the bounded channel would
 //!   stall applying);
 //! - after a restart, the committed entries after the stored snapshot are applied (and sent)
-//!   again: the same indices arrive a second time;
+//!   again: the same indices arrive a second time, unless the node paused events around
+//!   `Raft::new` ([`StateMachineStore::pause_events`]), as it must when the replay can be
+//!   longer than its channel;
 //! - after a snapshot install the channel skips the entries the snapshot covers: the node
 //!   resynchronises from the reader;
 //! - readers and clones share the store: the file is closed (and the channel's sender
@@ -26,6 +28,7 @@
 
 use std::io::{self, Cursor};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard};
 
 use carillon_routing::Acd;
@@ -149,6 +152,10 @@ struct Inner {
     /// never disagree; held across the disk write, hence tokio's mutex.
     snapshot: Mutex<Option<CurrentSnapshot>>,
     events: Option<mpsc::Sender<AppliedEntry>>,
+    /// While set, applied entries are not sent on `events` (see [`StateMachineStore::pause_events`]).
+    events_paused: AtomicBool,
+    /// Entries applied while events were paused.
+    events_skipped: AtomicU64,
 }
 
 impl Inner {
@@ -266,8 +273,26 @@ impl StateMachineStore {
                 state: RwLock::new(state),
                 snapshot: Mutex::new(current),
                 events,
+                events_paused: AtomicBool::new(false),
+                events_skipped: AtomicU64::new(0),
             }),
         })
+    }
+
+    /// Stops sending applied entries on the events channel until [`Self::resume_events`].
+    ///
+    /// For a restart: `Raft::new` replays the committed log after the stored snapshot before
+    /// it returns, up to `snapshot_after_logs` entries, and nobody can drain the channel
+    /// before then, so a replay longer than the channel would wait forever. Those entries
+    /// are the previous run's; the node starts from the reader's state instead.
+    pub fn pause_events(&self) {
+        self.inner.events_paused.store(true, Ordering::Release);
+    }
+
+    /// Sends applied entries again; returns how many were applied while paused.
+    pub fn resume_events(&self) -> u64 {
+        self.inner.events_paused.store(false, Ordering::Release);
+        self.inner.events_skipped.swap(0, Ordering::Relaxed)
     }
 
     /// The file this store keeps its snapshot in.
@@ -382,7 +407,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 responder.send(applied);
             }
             if let (Some(tx), Some(note)) = (&self.inner.events, note) {
-                if tx.send(note).await.is_err() {
+                if self.inner.events_paused.load(Ordering::Acquire) {
+                    self.inner.events_skipped.fetch_add(1, Ordering::Relaxed);
+                } else if tx.send(note).await.is_err() {
                     tracing::debug!("applied-entry receiver is gone; entry not forwarded");
                 }
             }

@@ -474,6 +474,26 @@ async fn open_released<T>(mut open: impl FnMut() -> Result<T, StoreError>) -> T 
     open().expect("the previous instance released the file within 5 s")
 }
 
+/// [`start_node`] with the state machine's events paused around `Raft::new`, as the node
+/// starts; also returns how many entries the start-up replay applied without events.
+async fn start_node_paused(
+    dir: &TempDir,
+    events: Option<mpsc::Sender<AppliedEntry>>,
+) -> (Raft, AcdReader, u64) {
+    let log = open_released(|| LogStore::open(&dir.path().join("log.redb"))).await;
+    let sm = open_released(|| StateMachineStore::open(&dir.path().join("sm.redb"), events.clone()))
+        .await;
+    let reader = sm.reader();
+    let replay = sm.clone();
+    replay.pause_events();
+    let config = raft_config(150, 300, 50, 1_000).expect("valid test timings");
+    let raft = Raft::new(1, config, NoPeers, log, sm)
+        .await
+        .expect("raft starts");
+    let skipped = replay.resume_events();
+    (raft, reader, skipped)
+}
+
 async fn start_node(
     dir: &TempDir,
     events: Option<mpsc::Sender<AppliedEntry>>,
@@ -548,12 +568,32 @@ async fn a_one_node_raft_applies_and_recovers_its_state_after_restart() {
     raft.shutdown().await.expect("shutdown");
     drop((raft, reader));
     // Restart from the same files: the snapshot is restored and the committed log after it
-    // replayed, so the state is where it was.
-    let (raft, reader) = start_node(&dir, None).await;
+    // replayed, so the state is where it was. The events channel holds one entry and
+    // nobody reads it until Raft::new returns: with events paused, the replay must not
+    // wait on it.
+    let (tx, mut rx) = mpsc::channel::<AppliedEntry>(1);
+    let (raft, reader, skipped) =
+        tokio::time::timeout(Duration::from_secs(10), start_node_paused(&dir, Some(tx)))
+            .await
+            .expect("Raft::new returns although nobody drains the events channel");
     raft.wait(wait)
         .applied_index_at_least(Some(last.index), "replayed")
         .await
         .expect("replay after restart");
     assert_eq!(reader.state_hash(), hash);
+    assert!(
+        skipped >= rest.len() as u64 - 1,
+        "the replay after the snapshot was applied without events ({skipped} skipped)"
+    );
+    // After start-up, entries are heard again.
+    let resp = raft
+        .client_write(Proposal::Routing(Command::Tick { at: 1 }))
+        .await
+        .expect("write after restart");
+    let heard = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        .await
+        .expect("a new entry reaches the channel")
+        .expect("sender held by the store");
+    assert_eq!(heard.index, resp.log_id.index);
     raft.shutdown().await.expect("shutdown");
 }

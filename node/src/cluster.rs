@@ -136,9 +136,22 @@ impl Cluster {
         };
         let transport = RaftTransport::bind(section.listen, tls, limits)
             .with_context(|| format!("cluster.listen: cannot bind {}", section.listen))?;
+        // Raft::new replays the committed log after the stored snapshot (up to
+        // snapshot_after_logs entries) before it returns, when nobody drains the applied
+        // channel yet: those entries are the previous run's, so they are not sent.
+        let replay = sm.clone();
+        replay.pause_events();
         let raft = Raft::new(id, raft_config, transport.network_factory(), log, sm)
             .await
             .context("cluster: starting Raft")?;
+        let replayed = replay.resume_events();
+        drop(replay);
+        if replayed > 0 {
+            info!(
+                entries = replayed,
+                "replayed the committed log after the last snapshot"
+            );
+        }
         transport
             .serve(raft.clone())
             .context("cluster: serving Raft peers")?;
