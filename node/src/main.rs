@@ -117,7 +117,7 @@ async fn main() -> std::process::ExitCode {
             what: BenchCmd::Sip(args),
         } => {
             init_logs(cli.log_json, "warn,rsipstack=error");
-            carillon::bench::sip::run(args).await
+            carillon::bench::sip::run(args).await.map(|_| ())
         }
         Cmd::Bench {
             what: BenchCmd::Cluster(args),

@@ -5,7 +5,9 @@
 //! started by the node's own `cluster` module), so the bench can stop a leader and time
 //! the next committed offer; the leader is stopped abruptly (Raft and endpoint torn down
 //! with no hand-over), which its peers see exactly as a dead process: silence. Then the
-//! SIP benchmark runs against a three-process cluster for `cluster_cps_zero_fail`.
+//! SIP benchmark runs twice: against one node alone (the baseline, `sip_cps_zero_fail`),
+//! then against a member of a three-process cluster (`cluster_cps_zero_fail`), by default
+//! with the node under test on a CPU of its own both times.
 #![allow(clippy::disallowed_methods)] // A benchmark's wall clock.
 
 use std::collections::HashMap;
@@ -19,6 +21,7 @@ use carillon_routing::{Arrival, Command, Event, QueueConfig};
 use clap::Args;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::bench::sip::SipBenchArgs;
 use crate::clock::now_ms;
 use crate::cluster::Cluster;
 use crate::config::Config;
@@ -40,9 +43,13 @@ pub struct ClusterBenchArgs {
     /// Skip the SIP part (`cluster_cps_zero_fail`).
     #[arg(long)]
     pub no_sip: bool,
+    /// Run the SIP part without pinning the node under test to a CPU of its own (the two
+    /// other members and the load then share its CPUs).
+    #[arg(long)]
+    pub sip_unpinned: bool,
     /// Options for the SIP part (as `carillon bench sip`).
     #[command(flatten)]
-    pub sip: crate::bench::sip::SipBenchArgs,
+    pub sip: SipBenchArgs,
 }
 
 /// Offers the bench waits for: call id -> who to tell.
@@ -69,8 +76,32 @@ pub async fn run(args: ClusterBenchArgs) -> anyhow::Result<()> {
     result?;
     if !args.no_sip {
         let mut sip = args.sip.clone();
+        let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+        if sip.node_cpu.is_none() && !args.sip_unpinned && cpus >= 2 {
+            // In a deployment each member has a machine of its own: give the node under
+            // test a CPU of its own, as the one-node baseline gets, so the two other
+            // members' work does not come out of its share.
+            sip.node_cpu = Some(0);
+        }
+        // The bar is "no lower than one node alone": measure one node alone first, with
+        // the same settings, so both figures come from the same machine and minute.
+        eprintln!("bench: one node alone first (the baseline), then a cluster member");
+        let single = crate::bench::sip::run(SipBenchArgs {
+            cluster: false,
+            ..sip.clone()
+        })
+        .await?;
         sip.cluster = true;
-        crate::bench::sip::run(sip).await?;
+        let cluster = crate::bench::sip::run(sip).await?;
+        let verdict = if cluster >= single {
+            "no lower than one node alone"
+        } else {
+            "LOWER than one node alone"
+        };
+        eprintln!(
+            "bench: a cluster member took {cluster} calls/s with zero failures, one node alone \
+             {single}: {verdict}"
+        );
     }
     Ok(())
 }

@@ -89,7 +89,8 @@ pub struct SipBenchArgs {
 }
 
 /// Runs the benchmark and prints `bench: ...` lines.
-pub async fn run(args: SipBenchArgs) -> anyhow::Result<()> {
+/// Runs the benchmark; returns the highest rate that passed, in calls per second.
+pub async fn run(args: SipBenchArgs) -> anyhow::Result<u32> {
     if args.rates_cps.is_empty() || args.agent_phones == 0 || args.agents == 0 {
         bail!("--rates-cps, --agents and --agent-phones must be non-empty and non-zero");
     }
@@ -110,7 +111,7 @@ pub async fn run(args: SipBenchArgs) -> anyhow::Result<()> {
     result
 }
 
-async fn bench(args: &SipBenchArgs, work: &Path, procs: &mut Procs) -> anyhow::Result<()> {
+async fn bench(args: &SipBenchArgs, work: &Path, procs: &mut Procs) -> anyhow::Result<u32> {
     let started = Instant::now();
     let deadline = started + Duration::from_secs(BENCH_DEADLINE_S);
     let (node, agents) = start_node(args, work, procs).await?;
@@ -143,21 +144,23 @@ async fn bench(args: &SipBenchArgs, work: &Path, procs: &mut Procs) -> anyhow::R
         .saturating_sub(rss_idle_kib)
         .checked_div(peak.active)
         .unwrap_or(0);
-    let headline = if args.cluster {
-        "cluster_cps_zero_fail"
+    // A cluster run's figures carry their own names: `bench cluster` prints a one-node
+    // baseline's just before.
+    let (headline, prefix) = if args.cluster {
+        ("cluster_cps_zero_fail", "cluster_")
     } else {
-        "sip_cps_zero_fail"
+        ("sip_cps_zero_fail", "")
     };
     println!("bench: {headline} {best_cps} calls/s");
     println!(
-        "bench: post_dial_p50_ms {:.2} ms",
+        "bench: {prefix}post_dial_p50_ms {:.2} ms",
         percentile(&post_dial_us, 50) as f64 / 1000.0
     );
     println!(
-        "bench: post_dial_p99_ms {:.2} ms",
+        "bench: {prefix}post_dial_p99_ms {:.2} ms",
         percentile(&post_dial_us, 99) as f64 / 1000.0
     );
-    println!("bench: rss_per_call_kib {rss_per_call_kib} KiB");
+    println!("bench: {prefix}rss_per_call_kib {rss_per_call_kib} KiB");
     eprintln!(
         "bench: (RSS {rss_idle_kib} KiB idle, {} KiB at {} concurrent calls; {} post-dial \
          samples; {:.0} s)",
@@ -166,7 +169,7 @@ async fn bench(args: &SipBenchArgs, work: &Path, procs: &mut Procs) -> anyhow::R
         post_dial_us.len(),
         started.elapsed().as_secs_f64()
     );
-    Ok(())
+    Ok(best_cps)
 }
 
 /// The node under test and what the steps need to reach it.
