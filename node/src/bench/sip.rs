@@ -716,7 +716,7 @@ async fn start_cluster_peers(
 /// Moves every thread of this process (and so the SIPp and cluster-member processes it
 /// starts) to the CPUs other than `cpu`.
 async fn pin_self_away_from(cpu: usize) -> anyhow::Result<()> {
-    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+    let cpus = online_cpus();
     if cpu >= cpus || cpus < 2 {
         bail!(
             "--node-cpu {cpu}: this machine has CPUs 0 to {}; pinning needs at least two",
@@ -745,6 +745,35 @@ async fn pin_self_away_from(cpu: usize) -> anyhow::Result<()> {
         others.join(",")
     );
     Ok(())
+}
+
+/// The machine's online CPUs, whatever this process is pinned to (a second run in the same
+/// process finds itself already pinned away from the node's CPU).
+fn online_cpus() -> usize {
+    let from_sys = fs::read_to_string("/sys/devices/system/cpu/online")
+        .ok()
+        .and_then(|list| count_cpu_list(list.trim()));
+    from_sys.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from))
+}
+
+/// Counts a kernel CPU list such as `0-3,6`; `None` if it does not parse.
+fn count_cpu_list(list: &str) -> Option<usize> {
+    let mut count = 0;
+    for part in list.split(',') {
+        count += match part.split_once('-') {
+            Some((lo, hi)) => {
+                hi.parse::<usize>()
+                    .ok()?
+                    .checked_sub(lo.parse::<usize>().ok()?)?
+                    + 1
+            }
+            None => {
+                part.parse::<usize>().ok()?;
+                1
+            }
+        };
+    }
+    Some(count)
 }
 
 /// Waits until the node reports a cluster leader on /ready.
@@ -1042,6 +1071,15 @@ mod tests {
         assert_eq!(percentile(&samples, 99), 99);
         assert_eq!(percentile(&[7], 99), 7);
         assert_eq!(percentile(&[], 50), 0);
+    }
+
+    #[test]
+    fn counts_kernel_cpu_lists() {
+        assert_eq!(count_cpu_list("0-1"), Some(2));
+        assert_eq!(count_cpu_list("0"), Some(1));
+        assert_eq!(count_cpu_list("0-3,6,8-9"), Some(7));
+        assert_eq!(count_cpu_list("3-1"), None);
+        assert_eq!(count_cpu_list("x"), None);
     }
 
     #[test]
