@@ -97,7 +97,7 @@ fn describe() {
     describe_histogram!(
         carillon_consensus::log_store::APPEND_SECONDS_METRIC,
         Unit::Seconds,
-        "Raft log appends on this node: the write and its fsync, which Raft waits on before it acknowledges or commits."
+        "Raft log group commits on this node: one redb write and fsync for every append queued meanwhile, which Raft waits on before it acknowledges or commits."
     );
     describe_histogram!(
         "carillon_call_wait_seconds",
