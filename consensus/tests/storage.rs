@@ -474,9 +474,10 @@ async fn open_released<T>(mut open: impl FnMut() -> Result<T, StoreError>) -> T 
     open().expect("the previous instance released the file within 5 s")
 }
 
-/// [`start_node`] with the state machine's events paused around `Raft::new`, as the node
-/// starts; also returns how many entries the start-up replay applied without events.
-async fn start_node_paused(
+/// Starts a one-node Raft on `dir`'s files with the state machine's events paused around
+/// `Raft::new`, as the node starts; also returns how many entries the start-up replay
+/// applied without events.
+async fn start_node(
     dir: &TempDir,
     events: Option<mpsc::Sender<AppliedEntry>>,
 ) -> (Raft, AcdReader, u64) {
@@ -494,27 +495,12 @@ async fn start_node_paused(
     (raft, reader, skipped)
 }
 
-async fn start_node(
-    dir: &TempDir,
-    events: Option<mpsc::Sender<AppliedEntry>>,
-) -> (Raft, AcdReader) {
-    let log = open_released(|| LogStore::open(&dir.path().join("log.redb"))).await;
-    let sm = open_released(|| StateMachineStore::open(&dir.path().join("sm.redb"), events.clone()))
-        .await;
-    let reader = sm.reader();
-    let config = raft_config(150, 300, 50, 1_000).expect("valid test timings");
-    let raft = Raft::new(1, config, NoPeers, log, sm)
-        .await
-        .expect("raft starts");
-    (raft, reader)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_one_node_raft_applies_and_recovers_its_state_after_restart() {
     let dir = tempfile::tempdir().expect("temp dir");
     let wait = Some(Duration::from_secs(10));
     let (tx, mut rx) = mpsc::channel::<AppliedEntry>(64);
-    let (raft, reader) = start_node(&dir, Some(tx)).await;
+    let (raft, reader, _) = start_node(&dir, Some(tx)).await;
     raft.initialize(BTreeMap::from([(1, Member::default())]))
         .await
         .expect("initialize");
@@ -573,7 +559,7 @@ async fn a_one_node_raft_applies_and_recovers_its_state_after_restart() {
     // wait on it.
     let (tx, mut rx) = mpsc::channel::<AppliedEntry>(1);
     let (raft, reader, skipped) =
-        tokio::time::timeout(Duration::from_secs(10), start_node_paused(&dir, Some(tx)))
+        tokio::time::timeout(Duration::from_secs(10), start_node(&dir, Some(tx)))
             .await
             .expect("Raft::new returns although nobody drains the events channel");
     raft.wait(wait)

@@ -76,8 +76,7 @@ pub async fn run(args: ClusterBenchArgs) -> anyhow::Result<()> {
     result?;
     if !args.no_sip {
         let mut sip = args.sip.clone();
-        let cpus = std::thread::available_parallelism().map_or(1, usize::from);
-        if sip.node_cpu.is_none() && !args.sip_unpinned && cpus >= 2 {
+        if sip.node_cpu.is_none() && !args.sip_unpinned && crate::bench::sip::online_cpus() >= 2 {
             // In a deployment each member has a machine of its own: give the node under
             // test a CPU of its own, as the one-node baseline gets, so the two other
             // members' work does not come out of its share.

@@ -88,8 +88,8 @@ pub struct SipBenchArgs {
     pub node_cpu: Option<usize>,
 }
 
-/// Runs the benchmark and prints `bench: ...` lines.
-/// Runs the benchmark; returns the highest rate that passed, in calls per second.
+/// Runs the benchmark and prints `bench: ...` lines; returns the highest rate that passed,
+/// in calls per second.
 pub async fn run(args: SipBenchArgs) -> anyhow::Result<u32> {
     if args.rates_cps.is_empty() || args.agent_phones == 0 || args.agents == 0 {
         bail!("--rates-cps, --agents and --agent-phones must be non-empty and non-zero");
@@ -749,7 +749,7 @@ async fn pin_self_away_from(cpu: usize) -> anyhow::Result<()> {
 
 /// The machine's online CPUs, whatever this process is pinned to (a second run in the same
 /// process finds itself already pinned away from the node's CPU).
-fn online_cpus() -> usize {
+pub(crate) fn online_cpus() -> usize {
     let from_sys = fs::read_to_string("/sys/devices/system/cpu/online")
         .ok()
         .and_then(|list| count_cpu_list(list.trim()));
