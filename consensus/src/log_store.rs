@@ -149,6 +149,10 @@ where
 const GROUP_OPS_MAX: usize = 4096;
 /// How many writes may wait for the writer before `append` waits for room.
 const QUEUE_OPS_MAX: usize = 1024;
+/// How long a committed-index hint waits for a group to ride with before it is written
+/// alone (see [`write_loop`]). A crash loses at most this much of the hint, which openraft
+/// treats as one that may lag anyway.
+const HINT_LINGER: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// The redb-backed Raft log store. Cheap to clone: clones share one database and writer.
 #[derive(Clone)]
@@ -226,6 +230,18 @@ enum Op {
 }
 
 impl Op {
+    /// A write nobody waits for and that needs no fsync: the committed-index hint.
+    fn is_hint(&self) -> bool {
+        matches!(
+            self,
+            Op::Meta {
+                durable: false,
+                done: None,
+                ..
+            }
+        )
+    }
+
     fn durable(&self) -> bool {
         match self {
             Op::Meta { durable, .. } => *durable,
@@ -400,16 +416,63 @@ fn writer_gone() -> StoreError {
 
 /// The writer thread: each turn takes every queued write (up to [`GROUP_OPS_MAX`]) and
 /// commits them as one group.
+///
+/// A committed-index hint (the one write nobody waits for) does not get a transaction of its
+/// own: it rides with the next group, and only if none comes within [`HINT_LINGER`] is it
+/// written alone. A later hint replaces an earlier one still waiting. This halves the
+/// transactions of a quiet log, where every append is followed by the commit that names it.
 fn write_loop(shared: &Shared, mut rx: mpsc::Receiver<Op>) {
-    while let Some(first) = rx.blocking_recv() {
-        let mut ops = vec![first];
-        while ops.len() < GROUP_OPS_MAX {
-            match rx.try_recv() {
-                Ok(op) => ops.push(op),
-                Err(_) => break,
+    // A runtime of its own, only to wait on the queue with a timeout.
+    let clock = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build();
+    let mut hint: Option<Op> = None;
+    loop {
+        let first = match (&hint, &clock) {
+            (Some(_), Ok(clock)) => {
+                // The timer is made inside `block_on`: it needs the runtime's clock.
+                match clock.block_on(async { tokio::time::timeout(HINT_LINGER, rx.recv()).await }) {
+                    Ok(Some(op)) => op,
+                    Ok(None) => break,
+                    Err(_) => {
+                        commit_group(shared, hint.take().into_iter().collect());
+                        continue;
+                    }
+                }
             }
+            // Without a runtime for the timeout, a hint is written at once.
+            (Some(_), Err(_)) => {
+                commit_group(shared, hint.take().into_iter().collect());
+                continue;
+            }
+            (None, _) => match rx.blocking_recv() {
+                Some(op) => op,
+                None => break,
+            },
+        };
+        let mut ops = Vec::new();
+        let mut next = Some(first);
+        while let Some(op) = next {
+            if op.is_hint() {
+                hint = Some(op);
+            } else {
+                ops.push(op);
+            }
+            next = if ops.len() < GROUP_OPS_MAX {
+                rx.try_recv().ok()
+            } else {
+                None
+            };
         }
-        commit_group(shared, ops);
+        if !ops.is_empty() {
+            // After the group's appends: the hint is written with (or after) the entries
+            // it names.
+            ops.extend(hint.take());
+            commit_group(shared, ops);
+        }
+    }
+    if let Some(op) = hint {
+        commit_group(shared, vec![op]);
     }
 }
 
@@ -676,5 +739,67 @@ mod tests {
             log.try_get_log_entries(1..=50).await.expect("read").len(),
             50
         );
+    }
+
+    /// The committed index as stored in the file, not the in-memory copy.
+    fn stored_committed(log: &LogStore) -> Option<u64> {
+        let stored: Option<Option<LogId>> = log.read_meta(KEY_COMMITTED).expect("read meta");
+        stored.flatten().map(|id| id.index)
+    }
+
+    /// A committed-index hint is not a transaction of its own: it rides with the next
+    /// append, is written alone only after the linger, and is not lost when the store closes.
+    #[tokio::test]
+    async fn a_committed_hint_rides_with_the_next_write_or_is_written_after_a_linger() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("log.redb");
+        let mut log = LogStore::open(&path).expect("open");
+        let id = |index| Some(blank_ent::<TypeConfig>(1, 1, index).log_id);
+        let (tx, rx) = <TypeConfig as TypeConfigExt>::oneshot();
+        log.append([blank_ent::<TypeConfig>(1, 1, 1)], IOFlushed::signal(tx))
+            .await
+            .expect("append");
+        rx.await.expect("callback fired").expect("flushed");
+        let durable = |log: &LogStore| {
+            log.inner
+                .shared
+                .durable_commits
+                .load(std::sync::atomic::Ordering::Relaxed)
+        };
+        let before = durable(&log);
+
+        // Rides with the next append: one durable commit carries both.
+        log.save_committed(id(1)).await.expect("save committed");
+        assert_eq!(log.read_committed().await.expect("read"), id(1));
+        let (tx, rx) = <TypeConfig as TypeConfigExt>::oneshot();
+        log.append([blank_ent::<TypeConfig>(1, 1, 2)], IOFlushed::signal(tx))
+            .await
+            .expect("append");
+        rx.await.expect("callback fired").expect("flushed");
+        assert_eq!(
+            stored_committed(&log),
+            Some(1),
+            "the hint rode with the append"
+        );
+        assert_eq!(durable(&log), before + 1, "in the append's own commit");
+
+        // Alone, it waits for the linger and is then written without an fsync.
+        log.save_committed(id(2)).await.expect("save committed");
+        tokio::time::sleep(HINT_LINGER / 4).await;
+        assert_eq!(stored_committed(&log), Some(1), "not written at once");
+        tokio::time::sleep(HINT_LINGER * 2).await;
+        assert_eq!(stored_committed(&log), Some(2), "written after the linger");
+        assert_eq!(durable(&log), before + 1, "and not fsynced");
+
+        // Closing the store writes a hint still waiting.
+        let (tx, rx) = <TypeConfig as TypeConfigExt>::oneshot();
+        log.append([blank_ent::<TypeConfig>(1, 1, 3)], IOFlushed::signal(tx))
+            .await
+            .expect("append");
+        rx.await.expect("callback fired").expect("flushed");
+        log.save_committed(id(3)).await.expect("save committed");
+        drop(log);
+        let mut log = LogStore::open(&path).expect("reopen");
+        assert_eq!(log.read_committed().await.expect("read"), id(3));
     }
 }

@@ -37,3 +37,4 @@ pub mod routing_log;
 pub mod sim;
 pub mod sip;
 pub mod voicemail;
+pub mod watchdog;

@@ -64,6 +64,12 @@ pub fn install() -> &'static PrometheusHandle {
                     LATENCY_BUCKETS_S,
                 )
             })
+            .and_then(|b| {
+                b.set_buckets_for_metric(
+                    Matcher::Full(crate::watchdog::LAG_METRIC.into()),
+                    LATENCY_BUCKETS_S,
+                )
+            })
             .unwrap_or_else(|_| PrometheusBuilder::new());
         let recorder = builder.build_recorder();
         let handle = recorder.handle();
@@ -98,6 +104,11 @@ fn describe() {
         carillon_consensus::log_store::APPEND_SECONDS_METRIC,
         Unit::Seconds,
         "Raft log group commits on this node: one redb write and fsync for every append queued meanwhile, which Raft waits on before it acknowledges or commits."
+    );
+    describe_histogram!(
+        crate::watchdog::LAG_METRIC,
+        Unit::Seconds,
+        "How late the node's runtime woke a task asking to wake every 10 ms: over 0.1 s, tasks (Raft timers, SIP retransmissions) waited that long, and the node logs a stall."
     );
     describe_histogram!(
         "carillon_call_wait_seconds",

@@ -268,6 +268,7 @@ impl Node {
             tokio::spawn(expiry_sweeper(shared.clone())),
             tokio::spawn(crate::http::serve(http, shared.clone())),
             tokio::spawn(crate::recording::upkeep(shared.clone())),
+            tokio::spawn(crate::watchdog::run(|_| {})),
         ];
         if let Some((_, grpc)) = crate::grpc::start(shared.clone()).await? {
             tasks.push(grpc);

@@ -110,6 +110,14 @@ async fn in_process(args: &ClusterBenchArgs, work: &Path) -> anyhow::Result<()> 
     carillon_consensus::certs::generate(&work.join("certs"), &names, true)?;
     let configs = member_configs(work)?;
     let waiters: Waiters = Arc::default();
+    // Runtime stalls, lined up with the slow samples and trials below.
+    let stalls: Stalls = Arc::default();
+    let sink = Arc::clone(&stalls);
+    let watchdog = tokio::spawn(crate::watchdog::run(move |late| {
+        if late >= STALL_MIN {
+            lock_stalls(&sink).push((Instant::now(), late));
+        }
+    }));
     let mut members = Vec::new();
     for c in &configs {
         members.push(Some(start_member(c, &waiters).await?));
@@ -198,6 +206,7 @@ async fn in_process(args: &ClusterBenchArgs, work: &Path) -> anyhow::Result<()> 
         .map(|m| m.cluster.clone())
         .context("follower gone")?;
     let mut lat_us = Vec::with_capacity(args.samples);
+    let phase = Instant::now();
     for i in 0..args.samples {
         let call = format!("lat-{i}");
         let t0 = Instant::now();
@@ -206,6 +215,19 @@ async fn in_process(args: &ClusterBenchArgs, work: &Path) -> anyhow::Result<()> 
         propose(&owner, Command::Abandon { call, at: now_ms() }).await?;
     }
     drop(owner);
+    let slow: Vec<(usize, u64)> = lat_us
+        .iter()
+        .enumerate()
+        .filter(|(_, us)| **us > SLOW_OFFER_US)
+        .map(|(i, us)| (i, us / 1000))
+        .collect();
+    eprintln!(
+        "({} of {} offers took over 5 ms; sample and ms, the first 40: {:?})",
+        slow.len(),
+        args.samples,
+        &slow[..slow.len().min(40)]
+    );
+    report_stalls(&stalls, phase, "offers");
     lat_us.sort_unstable();
     println!(
         "bench: enqueue_offer_p50_ms {:.2} ms",
@@ -239,6 +261,7 @@ async fn in_process(args: &ClusterBenchArgs, work: &Path) -> anyhow::Result<()> 
             trial + 1,
             leader + 1
         );
+        report_stalls(&stalls, t0, &format!("trial {}", trial + 1));
         propose(&s, Command::Abandon { call, at: now_ms() }).await?;
         drop(s);
         // Bring the stopped member back and let it catch up before the next trial.
@@ -254,7 +277,36 @@ async fn in_process(args: &ClusterBenchArgs, work: &Path) -> anyhow::Result<()> 
         m.cluster.shutdown().await;
         m.drain.abort();
     }
+    watchdog.abort();
     Ok(())
+}
+
+/// An enqueue-to-offer sample this slow is counted against the stalls of its phase.
+const SLOW_OFFER_US: u64 = 5_000;
+/// A late wake of the runtime watchdog this long is reported beside the slow samples.
+const STALL_MIN: Duration = Duration::from_millis(3);
+
+/// Runtime stalls seen by the watchdog: when each ended, and how long it was.
+type Stalls = Arc<Mutex<Vec<(Instant, Duration)>>>;
+
+fn lock_stalls(s: &Stalls) -> std::sync::MutexGuard<'_, Vec<(Instant, Duration)>> {
+    s.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Prints the runtime stalls that ended since `since`, for `what`.
+fn report_stalls(stalls: &Stalls, since: Instant, what: &str) {
+    let seen: Vec<u128> = lock_stalls(stalls)
+        .iter()
+        .filter(|(at, _)| *at >= since)
+        .map(|(_, late)| late.as_millis())
+        .collect();
+    if !seen.is_empty() {
+        eprintln!(
+            "({what}: the runtime woke {} times at least {} ms late, ms: {seen:?})",
+            seen.len(),
+            STALL_MIN.as_millis()
+        );
+    }
 }
 
 /// Proposes an Enqueue owned by `owner_node` through `c` and waits until the offer for it
