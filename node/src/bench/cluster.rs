@@ -197,6 +197,14 @@ async fn in_process(args: &ClusterBenchArgs, work: &Path) -> anyhow::Result<()> 
         args.writers
     );
     drop(leader_cluster);
+    // The latency samples measure a settled cluster: a member still digesting the burst
+    // above (its appends, fsyncs and applies) would be measured along with them.
+    let settling = Instant::now();
+    wait_caught_up(&members, Duration::from_secs(60)).await?;
+    eprintln!(
+        "(every member applied the burst {:.1} s after it was committed)",
+        settling.elapsed().as_secs_f64()
+    );
 
     // enqueue_offer: a follower owns the call; Enqueue forwarded to the leader, the offer
     // applied back on the follower.
