@@ -739,11 +739,7 @@ mod tests {
         for rx in flushed {
             rx.await.expect("callback fired").expect("flushed");
         }
-        let commits = log
-            .inner
-            .shared
-            .durable_commits
-            .load(std::sync::atomic::Ordering::Relaxed);
+        let commits = durable_commits(&log);
         assert!(commits <= 2, "50 appends took {commits} fsyncs");
         drop(log);
         let mut log = LogStore::open(&path).expect("reopen");
@@ -751,6 +747,14 @@ mod tests {
             log.try_get_log_entries(1..=50).await.expect("read").len(),
             50
         );
+    }
+
+    /// How many group commits with an fsync the writer has made.
+    fn durable_commits(log: &LogStore) -> u64 {
+        log.inner
+            .shared
+            .durable_commits
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The committed index as stored in the file, not the in-memory copy.
@@ -778,15 +782,9 @@ mod tests {
             .expect("append");
             rx.await.expect("callback fired").expect("flushed");
         }
-        let durable = |log: &LogStore| {
-            log.inner
-                .shared
-                .durable_commits
-                .load(std::sync::atomic::Ordering::Relaxed)
-        };
         append(&mut log, 1).await;
         tokio::time::sleep(HINT_EVERY).await;
-        let before = durable(&log);
+        let before = durable_commits(&log);
 
         // No hint written for a while: it rides with the next append's commit.
         log.save_committed(id(1)).await.expect("save committed");
@@ -797,7 +795,11 @@ mod tests {
             Some(1),
             "the hint rode with the append"
         );
-        assert_eq!(durable(&log), before + 1, "in the append's own commit");
+        assert_eq!(
+            durable_commits(&log),
+            before + 1,
+            "in the append's own commit"
+        );
 
         // One was just written: the next waits, then is written alone, without an fsync.
         log.save_committed(id(2)).await.expect("save committed");
@@ -813,7 +815,11 @@ mod tests {
             Some(2),
             "written alone after the wait"
         );
-        assert_eq!(durable(&log), before + 2, "only the appends were fsynced");
+        assert_eq!(
+            durable_commits(&log),
+            before + 2,
+            "only the appends were fsynced"
+        );
 
         // Closing the store writes a hint still waiting.
         log.save_committed(id(3)).await.expect("save committed");
